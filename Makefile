@@ -1,0 +1,55 @@
+# dreambooth-sweep — `make help` lists the targets.
+# The two README commands: `make demo` (set up + run the demo) and `make test` (set up + run the tests).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# torch is installed first and only when the venv has none: CPU-only machines take the CPU build,
+# a GPU user who put a CUDA torch into the venv (or uses VENV_ARGS=--system-site-packages) keeps it.
+TORCH ?= torch==2.13.0
+VENV_ARGS ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+RUN := $(PY) -m dreambooth_sweep
+# Recipe knobs: MODEL=sd15|sd21|tiny, DATA=path/to/photos, SMOKE=1 shrinks a recipe to a CPU smoke run.
+MODEL ?= sd15
+DATA ?=
+SMOKE ?=
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	@$(PY) -c 'import torch' 2>/dev/null || { echo "installing $(TORCH)"; $(PIP) "$(TORCH)"; }
+	@$(PY) -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
+	@echo "installing dreambooth-sweep and its dependencies into $(VENV)"
+	@$(PIP) -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project (CPU torch here; keeps an existing CUDA torch)
+
+demo: install ## README command 1: set up, then run the demo on the tiny offline model
+	$(PY) -m dreambooth_sweep.train experiment=demo $(ARGS)
+
+test: install ## README command 2: set up, then run the default test suite
+	$(PY) -m pytest $(ARGS)
+
+test-all: install ## run every test, slow ones included
+	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+lint: install ## ruff lint + format check
+	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests
+	$(PY) -m ruff format --check dreambooth_sweep hydra_plugins tests
+
+format: install ## ruff auto-fix + format
+	$(PY) -m ruff check --fix dreambooth_sweep hydra_plugins tests
+	$(PY) -m ruff format dreambooth_sweep hydra_plugins tests
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,272 @@
+"""Tiny random-weight models built offline, saved in the same formats as the real ones.
+
+Nothing here can reach a model hub, so tests and the demo train and score a *tiny* Stable Diffusion,
+CLIP and DINO with random weights. Each is written with ``save_pretrained`` into a folder and then
+loaded back through the very ``from_pretrained`` code a hub id takes, so the loading path users run
+on SD-1.5 is the one the tests exercise.
+
+The CLIP tokenizer files (``vocab.json``/``merges.txt``) are written here too: a byte-level BPE over
+all 256 byte symbols, so any text tokenizes, plus whole-word merges for the words prompts use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "TINY_ID",
+    "build_tiny_clip",
+    "build_tiny_dino",
+    "build_tiny_sd",
+    "ensure_tiny",
+    "write_clip_tokenizer",
+]
+
+TINY_ID = "tiny"
+_BUILD_VERSION = "1"  # bump when the architecture below changes: cached builds are then rebuilt
+
+# Words that get whole-word tokens; everything else falls back to byte-level pieces.
+_WORDS = """a an the of in on with and photo picture image sks aawxbc dog cat toy figurine person man woman
+face red blue green purple pink white black yellow shiny wet cube shaped jungle snow beach cobblestone
+street top fabric wooden floor city mountain house background rug forest wheat field tree autumn leaves
+eiffel tower floating water ocean milk grass sunflowers around it mirror sidewalk crowded dirt road
+wearing hat santa rainbow scarf monocle chef outfit firefighter police glasses shirt wizard robot pig
+head potato mr kramer plush object subject style high quality""".split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """Byte → printable character table used by GPT-2/CLIP byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_clip_tokenizer(directory: str | os.PathLike[str], model_max_length: int = 77) -> int:
+    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) into ``directory``.
+
+    Returns:
+        The vocabulary size, to size the text encoder's embedding table.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for ch in byte_chars:
+        vocab[ch] = len(vocab)
+    for ch in byte_chars:
+        vocab[ch + "</w>"] = len(vocab)
+    merges: list[str] = []
+    for word in _WORDS:
+        symbols = list(word)
+        symbols[-1] += "</w>"
+        while len(symbols) > 1:
+            pair = f"{symbols[0]} {symbols[1]}"
+            merged = symbols[0] + symbols[1]
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+                merges.append(pair)
+            symbols = [merged, *symbols[2:]]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "do_lower_case": True,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    return len(vocab)
+
+
+def _text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: int = 64) -> Path:
+    """A Stable-Diffusion-1.x-shaped pipeline with random weights (about 2 M parameters).
+
+    UNet (32, 64) channels with cross-attention at 32 dims, a 4-level VAE (8× downsampling, like
+    SD's), a 2-layer CLIP text encoder and the SD-1.x noise schedule. Saved with
+    ``StableDiffusionPipeline.save_pretrained`` (no safety checker).
+    """
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        vocab_size = write_clip_tokenizer(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=resolution,
+    )
+    # The SD-1.x schedule, with PNDM as the pipeline default exactly like the SD-1.5 repository.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # SD-1.5's scheduler config says clip_sample=false although PNDM ignores it; do the same.
+    sched_file = directory / "scheduler" / "scheduler_config.json"
+    sched_file.write_text(json.dumps({**json.loads(sched_file.read_text()), "clip_sample": False}, indent=2))
+    return directory
+
+
+def build_tiny_clip(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:
+    """A random CLIPModel (ViT vision tower + text tower) with tokenizer and image-processor config."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    vocab_size = write_clip_tokenizer(directory)
+    CLIPTokenizer.from_pretrained(directory)  # fail here, not later, if the files are unusable
+    text = _text_config(vocab_size).to_dict()
+    vision = dict(
+        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    CLIPModel(config).save_pretrained(directory, safe_serialization=True)
+    _write_image_processor(
+        directory,
+        "CLIPImageProcessor",
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        mean=[0.48145466, 0.4578275, 0.40821073],
+        std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,
+    )
+    return directory
+
+
+def build_tiny_dino(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:
+    """A random ViTModel shaped like DINO ViT-S/16 (CLS token, final LayerNorm, no pooler)."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(directory, safe_serialization=True)
+    _write_image_processor(
+        directory,
+        "ViTImageProcessor",
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        resample=2,
+    )
+    return directory
+
+
+def _write_image_processor(directory: Path, cls: str, *, mean, std, resample: int, **extra) -> None:
+    config = {
+        "image_processor_type": cls,
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": mean,
+        "image_std": std,
+        "resample": resample,
+        **extra,
+    }
+    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+
+
+_BUILDERS = {"sd": build_tiny_sd, "clip": build_tiny_clip, "dino": build_tiny_dino}
+
+
+def ensure_tiny(kind: str, cache_dir: str | os.PathLike[str]) -> Path:
+    """Path of the cached tiny ``kind`` model ("sd", "clip" or "dino"), building it the first time.
+
+    The build goes to a temporary sibling folder that is renamed into place, so concurrent workers
+    never see a half-written model and a crash never leaves one behind.
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny model kind {kind!r}: choose one of {', '.join(_BUILDERS)}")
+    target = Path(cache_dir) / "models" / f"tiny-{kind}-v{_BUILD_VERSION}"
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    _BUILDERS[kind](staging)
+    (staging / ".complete").write_text("ok\n")
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process won the race: its copy is complete, drop ours
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

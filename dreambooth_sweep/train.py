@@ -1,0 +1,521 @@
+"""The DreamBooth training loop, top to bottom in one file, and its thin ``@hydra.main`` entry point.
+
+    python -m dreambooth_sweep.train model=tiny eval=tiny           # one run on the CPU
+    python -m dreambooth_sweep.train -m train.lr=5e-6,2e-6          # a grid (Hydra multirun)
+
+``train(cfg)`` takes a composed config and returns a flat dict of metrics: ``objective`` (the best
+checkpoint's sweet-spot score), ``best_step``, the final ``train/loss`` and the last ``eval/*`` values.
+What happens, in order:
+
+1. check the config (flag combinations, ranges) and read the subject photos — bad input fails here,
+   before any model is loaded;
+2. load the base model with ``from_pretrained`` (hub id, local folder or the offline ``tiny`` build);
+3. prior preservation: make sure the shared cache holds ``num_class_images`` class images from the
+   *base* model (generated once, reused by every later run);
+4. train the UNet (and optionally the text encoder) with accelerate: noise → predict → MSE, the prior
+   loss on the class half of each batch, optional Min-SNR-γ, offset noise, EMA;
+5. at step 0 (the base model baseline) and every ``eval.every_n_steps``: sample with fixed seeds and
+   score (DINO, CLIP-I, CLIP-T, ...); the score goes to MLflow and, in an Optuna sweep, to the trial,
+   which may stop the run early (pruning);
+6. save the final weights as a diffusers pipeline (``StableDiffusionPipeline.from_pretrained``-ready).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from dreambooth_sweep import data as data_lib
+from dreambooth_sweep.config import ConfigError, register_configs, validate
+from dreambooth_sweep.models import Components, build_pipeline, load_components
+
+log = logging.getLogger("dreambooth_sweep.train")
+
+__all__ = ["main", "train"]
+
+register_configs()
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """This run's folder: ``paths.output_dir``, else Hydra's run dir, else a fresh timestamped dir."""
+    if cfg.paths.output_dir:
+        out = Path(cfg.paths.output_dir)
+    else:
+        if HydraConfig.initialized():
+            out = Path(HydraConfig.get().runtime.output_dir)
+        else:
+            import time
+
+            out = Path(cfg.paths.log_dir) / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def set_cpu_threads(requested: int | None) -> None:
+    """One torch thread per core at most: oversubscribed threads make tiny forwards 100× slower."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(requested or cores, cores)))
+
+
+def _weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def _find_checkpoint(resume_from: str, out: Path) -> Path:
+    if resume_from == "latest":
+        found = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not found:
+            raise ConfigError(
+                f"train.resume_from=latest but {out / 'checkpoints'} holds no checkpoint: "
+                "set paths.output_dir to the earlier run's folder or pass a checkpoint dir"
+            )
+        return found[-1]
+    path = Path(resume_from).expanduser()
+    if not (path / "trainer_state.json").exists():
+        raise ConfigError(
+            f"train.resume_from={resume_from!r} is not a checkpoint (no trainer_state.json): "
+            "pass <run dir>/checkpoints/checkpoint-<step> or 'latest'"
+        )
+    return path
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def untouched_training_state(*modules: torch.nn.Module) -> Iterator[None]:
+    """Evaluation inside leaves RNG streams, train/eval flags and gradients exactly as they were."""
+    rng = _rng_state()
+    modes = [[m.training for m in module.modules()] for module in modules]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, flags in zip(modules, modes, strict=True):
+            for m, flag in zip(module.modules(), flags, strict=True):
+                m.training = flag
+        _set_rng_state(rng)
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; a crash before this leaves only the old one."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+# ----------------------------------------------------------------------------- class images
+
+
+def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.device, weight_dtype: torch.dtype) -> list:
+    """Class images of the *base* model for prior preservation, from the shared cache."""
+    p = cfg.prior
+    resolution = cfg.data.resolution
+    settings = {"steps": p.gen_num_inference_steps, "guidance": p.gen_guidance_scale, "scheduler": "default"}
+    model_key = f"{comps.source}@{cfg.model.revision or 'main'}"
+    if p.class_dir:
+        folder = Path(p.class_dir).expanduser()
+    else:
+        folder = data_lib.class_cache_dir(cfg.paths.cache_dir, model_key, p.class_prompt, resolution, p.gen_seed, settings)
+    pipe = None
+
+    def generate(indices: list[int]) -> list:
+        nonlocal pipe
+        if pipe is None:
+            log.info("generating class images for %r into %s", p.class_prompt, folder)
+            pipe = build_pipeline(comps)
+            pipe.to(device)
+        generators = [torch.Generator(device).manual_seed(p.gen_seed + i) for i in indices]
+        autocast = torch.autocast(device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else nullcontext()
+        with torch.no_grad(), autocast:
+            return pipe(
+                [p.class_prompt] * len(indices),
+                num_inference_steps=p.gen_num_inference_steps,
+                guidance_scale=p.gen_guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+            ).images
+
+    metadata = {"model": model_key, "prompt": p.class_prompt, "resolution": resolution, "seed": p.gen_seed, **settings}
+    with untouched_training_state(comps.unet, comps.text_encoder, comps.vae):
+        paths = data_lib.ensure_class_images(
+            folder, p.num_class_images, generate, batch_size=p.gen_batch_size, metadata=metadata
+        )
+    return [im for _, im in data_lib.load_images(folder, p.num_class_images, what="prior.class_dir")][: len(paths)]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> dict[str, float]:
+    """Train one model as ``cfg`` says; return its metrics (see the module docstring).
+
+    Args:
+        cfg: a composed run config (``conf/train.yaml``).
+        eval_hook: called with an ``EvalContext`` at step 0 and every ``eval.every_n_steps``; returns
+            an object with ``metrics`` (dict, ``eval/score`` included) and optionally ``grid``. None
+            builds the standard :class:`~dreambooth_sweep.evaluate.Evaluator` when ``eval.enabled``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+    from tqdm.auto import tqdm
+
+    from dreambooth_sweep.sweep import TrialReporter
+    from dreambooth_sweep.tracking import start_tracking
+
+    # 1. Check everything that can be checked before loading a model.
+    validate(cfg)
+    t, p = cfg.train, cfg.prior
+    out = resolve_output_dir(cfg)
+    set_cpu_threads(t.num_threads)
+    instance_images = data_lib.load_instance_images(cfg.data)
+    resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
+    log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)
+
+    with start_tracking(cfg) as tracker:
+        accelerator = Accelerator(
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            mixed_precision=t.mixed_precision,
+            project_config=ProjectConfiguration(project_dir=str(out)),
+        )
+        device, weight_dtype = accelerator.device, _weight_dtype(t.mixed_precision)
+        torch.manual_seed(t.seed)  # model-independent global seed; training noise has its own generator
+
+        # 2. The base model.
+        comps = load_components(cfg.model, cfg.paths.cache_dir)
+        unet, text_encoder, vae, tokenizer = comps.unet, comps.text_encoder, comps.vae, comps.tokenizer
+        noise_scheduler = comps.noise_scheduler
+        vae.requires_grad_(False)
+        text_encoder.requires_grad_(t.train_text_encoder)
+        unet.requires_grad_(True)
+        vae.to(device, dtype=weight_dtype)
+        unet.to(device)  # trainable weights stay fp32; accelerate autocasts the forward
+        text_encoder.to(device, dtype=torch.float32 if t.train_text_encoder else weight_dtype)
+
+        # 3. Class images come from the untouched base model, so generate them before training.
+        class_images = prepare_class_images(cfg, comps, device, weight_dtype) if p.enabled else []
+
+        if t.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            if t.train_text_encoder:
+                text_encoder.gradient_checkpointing_enable()
+        if t.enable_xformers:
+            try:
+                unet.enable_xformers_memory_efficient_attention()
+            except Exception as exc:
+                raise ConfigError(
+                    f"train.enable_xformers=true but xformers is unusable ({exc}): install xformers or "
+                    "leave it off (torch's SDPA is used by default)"
+                ) from exc
+
+        # 4. Optimizer and schedule.
+        scale = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes if t.scale_lr else 1
+        lr, te_lr = t.lr * scale, (t.text_encoder_lr or t.lr) * scale
+        groups = [{"params": [q for q in unet.parameters() if q.requires_grad], "lr": lr}]
+        if t.train_text_encoder:
+            groups.append({"params": list(text_encoder.parameters()), "lr": te_lr})
+        optimizer = _make_optimizer(t, groups)
+        lr_scheduler = get_scheduler(
+            t.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=t.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=t.max_steps * accelerator.num_processes,
+        )
+
+        dataset = data_lib.DreamBoothDataset(
+            instance_images,
+            cfg.data.instance_prompt,
+            tokenizer,
+            cfg.data.resolution,
+            class_images=class_images,
+            class_prompt=p.class_prompt,
+            center_crop=cfg.data.center_crop,
+            random_flip=cfg.data.random_flip,
+            seed=t.seed,
+        )
+        sampler = data_lib.EpochSampler(
+            len(dataset), t.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=t.batch_size, sampler=sampler, collate_fn=data_lib.collate, num_workers=t.dataloader_workers
+        )
+        trained = [unet, text_encoder] if t.train_text_encoder else [unet]
+        prepared = accelerator.prepare(*trained, optimizer, lr_scheduler)
+        unet = prepared[0]
+        if t.train_text_encoder:
+            text_encoder = prepared[1]
+        optimizer, lr_scheduler = prepared[-2], prepared[-1]
+
+        ema = None
+        if t.use_ema:
+            from diffusers import UNet2DConditionModel
+
+            base_unet = accelerator.unwrap_model(unet)
+            ema = EMAModel(base_unet.parameters(), decay=t.ema_decay, model_cls=UNet2DConditionModel, model_config=base_unet.config)
+            ema.to(device)
+            accelerator.register_for_checkpointing(ema)
+
+        # Training noise, timesteps and VAE sampling draw from their own generator, saved in checkpoints.
+        noise_gen = torch.Generator(device).manual_seed(t.seed)
+        global_step = 0
+        if resume_dir is not None:
+            accelerator.load_state(str(resume_dir))
+            state = json.loads((resume_dir / "trainer_state.json").read_text())
+            global_step = int(state["global_step"])
+            noise_gen.set_state(torch.load(resume_dir / "noise_generator.pt", weights_only=True).to("cpu"))
+            log.info("resumed from %s at step %d", resume_dir, global_step)
+
+        # 5. Evaluation hook and trial reporting.
+        reporter = TrialReporter.from_config(cfg.sweep)
+        if eval_hook is None and cfg.eval.enabled:
+            from dreambooth_sweep.evaluate import Evaluator
+
+            eval_hook = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
+        best = {"score": -math.inf, "step": -1}
+        last_metrics: dict[str, float] = {}
+
+        def evaluate(step: int, final: bool) -> None:
+            if eval_hook is None:
+                return
+            from dreambooth_sweep.evaluate import EvalContext
+
+            live_unet = accelerator.unwrap_model(unet)
+            live_te = accelerator.unwrap_model(text_encoder)
+            with untouched_training_state(live_unet, live_te), _ema_weights(ema, live_unet):
+                result = eval_hook(
+                    EvalContext(
+                        step=step, final=final, components=comps, unet=live_unet, text_encoder=live_te,
+                        device=device, dtype=weight_dtype,
+                    )
+                )
+            metrics = dict(result.metrics)
+            last_metrics.update(metrics)
+            tracker.log_metrics(metrics, step=step)
+            if getattr(result, "grid", None) is not None:
+                tracker.log_image(result.grid, key="samples", step=step)
+            score = metrics.get("eval/score")
+            if score is not None and math.isfinite(score):
+                if score > best["score"]:
+                    best.update(score=score, step=step)
+                log.info("step %d: score %.4f (best %.4f at step %d)", step, score, best["score"], best["step"])
+                reporter.report(score, step)  # raises optuna.TrialPruned when the pruner says stop
+
+        # 6. The loop. One optimizer step = gradient_accumulation_steps micro-batches.
+        if global_step == 0:
+            evaluate(0, final=False)
+        batches_per_epoch = len(loader)
+        micro = global_step * t.gradient_accumulation_steps
+        epoch, skip = divmod(micro, batches_per_epoch)
+        prediction_type = noise_scheduler.config.prediction_type
+        te_active = t.train_text_encoder
+        bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
+        loss_value = float("nan")
+        while global_step < t.max_steps:
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            for index, batch in enumerate(loader):
+                if index < skip:  # replaying a resumed epoch up to where the checkpoint was taken
+                    continue
+                models = [unet, text_encoder] if te_active else [unet]
+                with accelerator.accumulate(*models):
+                    pixels = batch["pixel_values"].to(device, dtype=weight_dtype)
+                    with torch.no_grad():
+                        latents = vae.encode(pixels).latent_dist.sample(generator=noise_gen)
+                        latents = latents.float() * vae.config.scaling_factor
+                    noise = torch.randn(latents.shape, generator=noise_gen, device=device)
+                    if t.noise_offset:
+                        # Offset noise: a per-channel constant lets the model shift overall brightness.
+                        noise += t.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=noise_gen, device=device)
+                    timesteps = torch.randint(
+                        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=noise_gen, device=device
+                    )
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    input_ids = batch["input_ids"].to(device)
+                    with nullcontext() if te_active else torch.no_grad():
+                        encoder_states = text_encoder(input_ids)[0]
+                    pred = unet(noisy, timesteps, encoder_states).sample
+                    if prediction_type == "epsilon":
+                        target = noise
+                    elif prediction_type == "v_prediction":
+                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                    else:
+                        raise ConfigError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
+                    # Per-example loss, so Min-SNR weights and the instance/class split line up example by example.
+                    per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+                    if t.snr_gamma is not None:
+                        snr = compute_snr(noise_scheduler, timesteps)
+                        clipped = torch.clamp(snr, max=t.snr_gamma)
+                        per_example = per_example * (clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr)
+                    if p.enabled:
+                        instance_loss, prior_loss = per_example.chunk(2)  # collate puts instance examples first
+                        loss = instance_loss.mean() + p.loss_weight * prior_loss.mean()
+                    else:
+                        loss = per_example.mean()
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and t.max_grad_norm > 0:
+                        params = [q for m in models for q in m.parameters() if q.requires_grad]
+                        accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                loss_value = accelerator.gather(loss.detach()).mean().item()
+                if ema is not None:
+                    ema.step(accelerator.unwrap_model(unet).parameters())
+                if te_active and t.text_encoder_steps is not None and global_step >= t.text_encoder_steps:
+                    # Freeze the text encoder from here on: no grads → AdamW skips its params entirely.
+                    te_active = False
+                    accelerator.unwrap_model(text_encoder).requires_grad_(False)
+                    log.info("text encoder frozen after %d steps", global_step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                tracker.log_train(global_step, {"train/loss": loss_value, "train/lr": lr_scheduler.get_last_lr()[0]})
+                if t.checkpoint_every_n_steps and global_step % t.checkpoint_every_n_steps == 0:
+                    _save_checkpoint(accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, te_active)
+                is_last = global_step >= t.max_steps
+                if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
+                    evaluate(global_step, final=is_last)
+                if is_last:
+                    break
+            epoch, skip = epoch + 1, 0
+        bar.close()
+
+        # 7. Final weights as a diffusers pipeline (EMA weights when EMA is on).
+        results = {"train/loss": loss_value, "final_step": float(global_step), **last_metrics}
+        if best["step"] >= 0:
+            results.update(objective=best["score"], best_step=float(best["step"]))
+        else:  # no evaluation: the only signal left is the training loss (lower is better, so negate)
+            results.update(objective=-loss_value, best_step=float(global_step))
+        accelerator.wait_for_everyone()
+        if t.save_final and accelerator.is_main_process:
+            model_dir = _save_final(comps, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), ema, out)
+            tracker.set_tags({"model_path": str(model_dir.resolve())})
+            if cfg.tracking.log_model:
+                tracker.log_artifact(model_dir, artifact_path="model")
+        tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"]})
+        (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        accelerator.end_training()
+    log.info("done: results in %s (metrics.json, samples/, model/)", out)
+    return results
+
+
+def _make_optimizer(t: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    kwargs = dict(betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+    if t.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, **kwargs)
+        except Exception as exc:  # missing package, no CUDA build, ...
+            raise ConfigError(
+                f"train.optimizer=adamw8bit needs a working bitsandbytes ({type(exc).__name__}: {exc}): "
+                "install bitsandbytes for your CUDA, or use train.optimizer=adamw"
+            ) from exc
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+@contextmanager
+def _ema_weights(ema: Any, unet: torch.nn.Module) -> Iterator[None]:
+    """Evaluate the EMA weights when EMA is on, then put the raw training weights back."""
+    if ema is None:
+        yield
+        return
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    try:
+        yield
+    finally:
+        ema.restore(unet.parameters())
+
+
+def _save_checkpoint(accelerator: Any, out: Path, step: int, noise_gen: torch.Generator, limit: int | None, te_active: bool) -> None:
+    """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically."""
+    root = out / "checkpoints"
+    final = root / f"checkpoint-{step}"
+    tmp = root / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(noise_gen.get_state(), tmp / "noise_generator.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "text_encoder_active": te_active}))
+        _atomic_replace_dir(tmp, final)
+        if limit:
+            done = sorted(root.glob("checkpoint-*"), key=lambda q: int(q.name.split("-")[-1]))
+            for old in done[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint saved: %s", final)
+
+
+def _save_final(comps: Components, unet: Any, text_encoder: Any, ema: Any, out: Path) -> Path:
+    if ema is not None:
+        ema.copy_to(unet.parameters())
+    pipe = build_pipeline(comps, unet=unet, text_encoder=text_encoder)
+    final, tmp = out / "model", out / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    _atomic_replace_dir(tmp, final)
+    log.info("model saved: %s (StableDiffusionPipeline.from_pretrained-ready)", final)
+    return final
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, float]:
+    """``python -m dreambooth_sweep.train``: returns the metrics dict, which sweepers read."""
+    try:
+        return train(cfg)
+    except ConfigError as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep the sweeper records the failed job and goes on
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
