@@ -34,6 +34,7 @@ __all__ = [
 METHODS = ("dreambooth",)
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
+EVAL_SCHEDULERS = ("ddim", "pndm", "lms", "dpm++", "euler", "euler_a", "unipc", "ddpm")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -243,6 +244,8 @@ def validate(cfg: DictConfig | Any) -> None:
             _fail(f"prior.num_class_images={p.num_class_images} must be positive", "use e.g. 100")
         if p.loss_weight < 0:
             _fail(f"prior.loss_weight={p.loss_weight} cannot be negative", "use e.g. 1.0")
+    if cfg.eval.scheduler not in EVAL_SCHEDULERS:
+        _fail(f"unknown eval.scheduler={cfg.eval.scheduler!r}", f"choose one of {', '.join(EVAL_SCHEDULERS)}")
     if cfg.eval.enabled and cfg.eval.every_n_steps <= 0:
         _fail(f"eval.every_n_steps={cfg.eval.every_n_steps} must be positive", "or set eval.enabled=false")
 

@@ -93,10 +93,22 @@ def load_images(
     return images
 
 
+DEMO_DIRNAME = "demo_toy"
+
+
 def load_instance_images(data_cfg: Any) -> list[Image.Image]:
-    """The subject photos of a run, writing the synthetic demo subject first when asked to."""
+    """The subject photos of a run, writing the synthetic demo subject first when asked to.
+
+    The demo toy is only ever written into a missing folder named ``demo_toy``: a mistyped path to
+    real photos must fail, never silently train on the toy.
+    """
     folder = Path(data_cfg.instance_dir).expanduser()
     if data_cfg.get("generate_demo", False) and not folder.exists():
+        if folder.name != DEMO_DIRNAME:
+            raise ConfigError(
+                f"data.instance_dir={str(folder)!r} does not exist: for your own photos use "
+                "data=subject data.instance_dir=<folder> (data=demo only generates <data_dir>/demo_toy)"
+            )
         from dreambooth_sweep.demo_data import make_demo_data
 
         make_demo_data(folder)

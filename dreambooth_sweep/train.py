@@ -228,8 +228,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         vae.requires_grad_(False)
         text_encoder.requires_grad_(t.train_text_encoder)
         unet.requires_grad_(True)
-        vae.to(device, dtype=weight_dtype)
-        unet.to(device)  # trainable weights stay fp32; accelerate autocasts the forward
+        # Frozen modules run in the mixed-precision dtype; trainable weights stay fp32 (accelerate autocasts).
+        vae.to(device) if weight_dtype == torch.float32 else vae.to(device, dtype=weight_dtype)
+        unet.to(device)
         text_encoder.to(device, dtype=torch.float32 if t.train_text_encoder else weight_dtype)
 
         # 3. Class images come from the untouched base model, so generate them before training.
@@ -306,12 +307,11 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             log.info("resumed from %s at step %d", resume_dir, global_step)
 
         # 5. Evaluation hook and trial reporting.
-        reporter = TrialReporter.from_config(cfg.sweep)
+        reporter = TrialReporter.from_context(cfg.sweep)  # best score/step; pruning in an Optuna sweep
         if eval_hook is None and cfg.eval.enabled:
             from dreambooth_sweep.evaluate import Evaluator
 
             eval_hook = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
-        best = {"score": -math.inf, "step": -1}
         last_metrics: dict[str, float] = {}
 
         def evaluate(step: int, final: bool) -> None:
@@ -335,10 +335,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 tracker.log_image(result.grid, key="samples", step=step)
             score = metrics.get("eval/score")
             if score is not None and math.isfinite(score):
-                if score > best["score"]:
-                    best.update(score=score, step=step)
-                log.info("step %d: score %.4f (best %.4f at step %d)", step, score, best["score"], best["step"])
-                reporter.report(score, step)  # raises optuna.TrialPruned when the pruner says stop
+                reporter.report(score, step, metrics)  # raises optuna.TrialPruned when the pruner says stop
+                log.info("step %d: score %.4f (best %.4f at step %d)", step, score, reporter.best_score, reporter.best_step)
 
         # 6. The loop. One optimizer step = gradient_accumulation_steps micro-batches.
         if global_step == 0:
@@ -425,8 +423,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
 
         # 7. Final weights as a diffusers pipeline (EMA weights when EMA is on).
         results = {"train/loss": loss_value, "final_step": float(global_step), **last_metrics}
-        if best["step"] >= 0:
-            results.update(objective=best["score"], best_step=float(best["step"]))
+        if reporter.best_step is not None:
+            results.update(objective=reporter.best_score, best_step=float(reporter.best_step))
         else:  # no evaluation: the only signal left is the training loss (lower is better, so negate)
             results.update(objective=-loss_value, best_step=float(global_step))
         accelerator.wait_for_everyone()

@@ -72,6 +72,7 @@ def test_typos_and_wrong_types_fail_at_compose_time(override: str) -> None:
         (["method.name=hypernetwork"], "method.name"),
         (["data.resolution=100"], "multiple of 8"),
         (["train.ema_decay=1.5"], "ema_decay"),
+        (["eval.scheduler=warp"], "eval.scheduler"),
     ],
 )
 def test_bad_values_get_one_line_errors(overrides: list[str], message: str) -> None:
@@ -80,3 +81,10 @@ def test_bad_values_get_one_line_errors(overrides: list[str], message: str) -> N
         validate(cfg)
     text = str(info.value)
     assert "\n" not in text and ":" in text  # problem: fix
+
+
+def test_eval_scheduler_names_match_the_model_layer() -> None:
+    from dreambooth_sweep.config import EVAL_SCHEDULERS
+    from dreambooth_sweep.models import SCHEDULERS
+
+    assert set(EVAL_SCHEDULERS) == set(SCHEDULERS)

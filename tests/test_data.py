@@ -154,3 +154,14 @@ def test_class_image_cache_generates_only_missing_indices(tmp_path: Path) -> Non
     assert not list(folder.glob(".*.tmp"))
     other = data.class_cache_dir(tmp_path, "m", "a photo of cat", 64, 0, {})
     assert other != folder and data.class_cache_dir(tmp_path, "m", "a photo of dog", 64, 1, {}) != folder
+
+
+def test_demo_subject_is_generated_only_into_its_own_folder(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"instance_dir": str(tmp_path / "demo_toy"), "generate_demo": True, "max_images": None})
+    assert len(data.load_instance_images(cfg)) == 12
+    typo = OmegaConf.create({"instance_dir": str(tmp_path / "photoz"), "generate_demo": True, "max_images": None})
+    with pytest.raises(ConfigError, match="data=subject"):
+        data.load_instance_images(typo)
+    assert not (tmp_path / "photoz").exists()

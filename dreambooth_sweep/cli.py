@@ -1,0 +1,74 @@
+"""``dreambooth-sweep`` helper commands (training itself is ``python -m dreambooth_sweep.train``).
+
+    dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
+    dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _make_tiny_model(args: argparse.Namespace) -> int:
+    from dreambooth_sweep import tiny
+
+    builders = {"sd": tiny.build_tiny_sd, "clip": tiny.build_tiny_clip, "dino": tiny.build_tiny_dino}
+    out = Path(args.dir)
+    if out.exists() and any(out.iterdir()):
+        print(f"error: {out} is not empty: choose a new folder", file=sys.stderr)
+        return 2
+    builders[args.kind](out, seed=args.seed)
+    loader = {
+        "sd": "StableDiffusionPipeline.from_pretrained",
+        "clip": "CLIPModel.from_pretrained",
+        "dino": "ViTModel.from_pretrained",
+    }[args.kind]
+    print(f"wrote a tiny random {args.kind} model to {out} (load it with {loader}({str(out)!r}))")
+    if args.kind == "sd":
+        print(f"train on it: python -m dreambooth_sweep.train model=tiny model.pretrained={out} eval=tiny")
+    return 0
+
+
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from dreambooth_sweep.demo_data import make_demo_data
+
+    try:
+        paths = make_demo_data(args.dir, num_images=args.num_images, size=args.size, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} images of the demo toy to {args.dir}")
+    print(f"train on it: python -m dreambooth_sweep.train data.instance_dir={args.dir} data.class_noun=toy")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight model (offline)")
+    p.add_argument("dir")
+    p.add_argument("--kind", choices=["sd", "clip", "dino"], default="sd")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_make_tiny_model)
+
+    p = sub.add_parser("make-demo-data", help="write the synthetic demo subject")
+    p.add_argument("dir")
+    p.add_argument("--num-images", type=int, default=12)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=1234)
+    p.set_defaults(func=_make_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

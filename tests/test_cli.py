@@ -1,0 +1,24 @@
+"""`dreambooth-sweep` helper commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreambooth_sweep.cli import main
+
+
+def test_make_tiny_model_writes_a_loadable_pipeline(tmp_path: Path, capsys) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    assert main(["make-tiny-model", str(tmp_path / "tiny")]) == 0
+    assert "from_pretrained" in capsys.readouterr().out
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "tiny")
+    assert pipe.unet.config.cross_attention_dim == 32
+    assert main(["make-tiny-model", str(tmp_path / "tiny")]) == 2  # never overwrites
+
+
+def test_make_demo_data(tmp_path: Path, capsys) -> None:
+    assert main(["make-demo-data", str(tmp_path / "toy"), "--num-images", "5"]) == 0
+    assert len(list((tmp_path / "toy").glob("*.jpg"))) == 5
+    assert main(["make-demo-data", str(tmp_path / "bad"), "--num-images", "2"]) == 2
+    assert "between 5 and 25" in capsys.readouterr().err
