@@ -11,14 +11,25 @@ VENV_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 RUN := $(PY) -m dreambooth_sweep
-# Recipe knobs: MODEL=sd15|sd21|tiny, DATA=path/to/photos, SMOKE=1 shrinks a recipe to a CPU smoke run.
+# Recipe knobs: MODEL=sd15|sd21|tiny, DATA=path/to/photos, CLASS=dog, SMOKE=1 shrinks a recipe to a
+# CPU smoke run, ARGS="..." appends any Hydra overrides. MODEL=tiny also swaps in tiny CLIP/DINO.
 MODEL ?= sd15
 DATA ?=
+CLASS ?=
 SMOKE ?=
+NATURAL ?= my
 ARGS ?=
+RECIPE_ARGS = model=$(MODEL) \
+	$(if $(filter tiny,$(MODEL)),eval.clip_model=tiny eval.dino_model=tiny) \
+	$(if $(SMOKE),smoke=cpu) \
+	$(if $(DATA),data=subject data.instance_dir=$(DATA)) \
+	$(if $(CLASS),data.class_noun=$(CLASS)) $(ARGS)
+GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
+# Real models need real photos: only smoke runs fall back to the synthetic demo subject.
+NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format clean
+.PHONY: help install demo test test-all lint format clean blog-objects blog-faces blog-text-encoder blog-ema blog-identifier
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +53,27 @@ test: install ## README command 2: set up, then run the default test suite
 
 test-all: install ## run every test, slow ones included
 	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+blog-objects: install ## seed 1, objects: lr 5e-6 vs 2e-6, 400 steps, batch 4, no prior (DATA=, CLASS=)
+	$(NEED_DATA)
+	$(GRID) blog_objects $(RECIPE_ARGS)
+
+blog-faces: install ## seed 1, faces: lr 5e-6 vs 2e-6 with prior, 800/1200 steps; prior on vs off at 2e-6
+	$(NEED_DATA)
+	$(GRID) blog_faces $(RECIPE_ARGS)
+	$(GRID) blog_faces_prior $(RECIPE_ARGS)
+
+blog-text-encoder: install ## seed 1: text encoder frozen vs fine-tuned (faces settings)
+	$(NEED_DATA)
+	$(GRID) blog_text_encoder $(RECIPE_ARGS)
+
+blog-ema: install ## seed 1: EMA on vs off (faces settings)
+	$(NEED_DATA)
+	$(GRID) blog_ema $(RECIPE_ARGS)
+
+blog-identifier: install ## seed 1: identifier sks vs a natural word (NATURAL=my) vs aawxbc
+	$(NEED_DATA)
+	$(GRID) blog_identifier $(RECIPE_ARGS) data.identifier=sks,$(NATURAL),aawxbc
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

@@ -1,0 +1,546 @@
+"""Checkpoint evaluation: fixed-seed samples, fidelity metrics, the sweet-spot score and a sample grid.
+
+During training the loop calls an :class:`Evaluator` with an :class:`EvalContext` at step 0 (the base
+model: the baseline every later score is measured against), every ``eval.every_n_steps`` and at the
+last step. Each call
+
+1. samples every (prompt, seed) pair with ``eval.scheduler`` through a pipeline built around the *live*
+   training modules (no copy, no reload), one CPU ``torch.Generator`` per image: the same seed gives
+   the same starting noise at every checkpoint, on every device, in any batch — and the global RNG
+   streams are never touched;
+2. scores the samples (:class:`~dreambooth_sweep.metrics.MetricSuite`) and the sweet-spot
+   ``eval/score`` against the step-0 metrics *of the same prompts*. Every prompt is sampled at step 0
+   and at the end, a fixed evenly spaced subset (``eval.num_prompts``) in between; ``eval/*`` is always
+   scored on that subset, so the curve and the best step compare like with like, and ``eval_all/*``
+   (every prompt: the DreamBench protocol) is added at step 0 and at the end;
+3. writes ``samples/step_XXXXXX.png`` (grid) and ``samples/step_XXXXXX/`` (each image, ``prompts.json``,
+   ``class/``), which ``python -m dreambooth_sweep.metrics --generated DIR`` can rescore.
+
+Eval-only mode scores saved weights (a trained model folder, a LoRA file or a textual-inversion
+embedding) without training::
+
+    python -m dreambooth_sweep.evaluate model=tiny eval=tiny weights.model_dir=outputs/runs/<run>/model
+
+It first evaluates the base model (the baseline, ``base.png``), then the weights (``final.png``), and
+writes ``metrics.json`` (the weights' metrics) and ``metrics_base.json``. With no weights it evaluates
+the base model alone, whose score is then its DINO (nothing to lose prompt fidelity against).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw, ImageFont
+
+from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
+from dreambooth_sweep.metrics import BestTracker, MetricSuite, sweet_spot_score
+from dreambooth_sweep.models import Components, build_pipeline
+from dreambooth_sweep.prompts import eval_prompts, subset_indices
+
+__all__ = [
+    "EvalContext",
+    "EvalResult",
+    "EvaluateConfig",
+    "Evaluator",
+    "WeightsConfig",
+    "evaluate",
+    "make_grid",
+]
+
+log = logging.getLogger("dreambooth_sweep.evaluate")
+
+# Grid layout (pixels). Cells are the samples shrunk to at most MAX_CELL; the label column holds the
+# wrapped prompt of each row; the reference strip shows the subject photos at half a cell.
+MAX_CELL = 256
+LABEL_W = 200
+TITLE_H = 24
+GAP = 4
+MAX_REF_ROWS = 2
+
+
+# ----------------------------------------------------------------------------- eval-only config
+
+
+@dataclass
+class WeightsConfig:
+    """Trained weights to evaluate in eval-only mode; all empty evaluates the base model alone."""
+
+    model_dir: str | None = None  # diffusers folder with unet/ [text_encoder/ tokenizer/]: <run>/model
+    lora: str | None = None  # LoRA file (pytorch_lora_weights.safetensors) or the folder holding it
+    embedding: str | None = None  # textual-inversion embedding file (learned_embeds.safetensors / .bin)
+    token: str | None = None  # token of the embedding; null: the one stored in the file
+
+
+@dataclass
+class EvaluateConfig(RunConfig):
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    task_name: str = "evaluate"
+
+
+def _register() -> None:
+    register_configs()
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+_register()
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+
+@dataclass
+class EvalContext:
+    """What the trainer hands over at a checkpoint.
+
+    ``unet``/``text_encoder`` are the live, unwrapped training modules (EMA weights already swapped
+    in when EMA is on); ``dtype`` is the inference weight dtype (autocast when not float32).
+    """
+
+    step: int
+    final: bool
+    components: Components
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    device: torch.device | str
+    dtype: torch.dtype = torch.float32
+    label: str | None = None  # file stem instead of step_XXXXXX (eval-only mode: "base", "final")
+
+
+@dataclass
+class EvalResult:
+    step: int
+    metrics: dict[str, float]  # eval/* (fixed subset, eval/score included); eval_all/* at step 0 and the end
+    grid: Image.Image
+    grid_path: Path
+    sample_dir: Path  # the individual images, prompts.json and class/
+    prompts: list[str]
+
+
+class Evaluator:
+    """Samples, scores and draws one checkpoint per call; keeps the step-0 baseline and the best score.
+
+    Args:
+        cfg: the run config (uses ``eval``, ``data.identifier``/``class_noun``, ``prior.class_prompt``).
+        instance_images: the subject photos (embedded once for the metrics, shown on every grid).
+        output_dir: the run folder; samples go to ``<output_dir>/samples``.
+        cache_dir: where ``tiny`` metric models are built.
+        device: where the metric models run.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        instance_images: list[Image.Image],
+        output_dir: str | Path,
+        cache_dir: str | Path,
+        device: torch.device | str,
+    ) -> None:
+        self.cfg = cfg
+        self.eval_cfg = cfg.eval
+        self.identifier = str(cfg.data.identifier)
+        self.prompts = eval_prompts(cfg.eval, self.identifier, str(cfg.data.class_noun))
+        self.class_prompt = cfg.prior.get("class_prompt") or f"a photo of {cfg.data.class_noun}"
+        self.seeds = [int(s) for s in cfg.eval.seeds]
+        if not self.seeds:
+            raise ConfigError("eval.seeds is empty: list at least one seed, e.g. eval.seeds=[0,1]")
+        # PRES needs class-prompt images; skip generating them when it is not asked for.
+        self.num_class = int(cfg.eval.class_prompt_images) if "pres" in cfg.eval.metrics else 0
+        self.instance_images = list(instance_images)
+        self.sample_root = Path(output_dir) / "samples"
+        self.suite = MetricSuite(cfg.eval, self.instance_images, cache_dir=cache_dir, device=device)
+        self.tracker = BestTracker()
+        # Step-0 images per prompt index (and its class images): the baseline of every later subset.
+        self._base_images: dict[int, list[Image.Image]] | None = None
+        self._base_class: list[Image.Image] = []
+        self._baselines: dict[tuple[int, ...], dict[str, float]] = {}
+
+    @property
+    def best_score(self) -> float:
+        return self.tracker.best_score
+
+    @property
+    def best_step(self) -> int | None:
+        return self.tracker.best_step
+
+    def prompt_indices(self, step: int, final: bool) -> list[int]:
+        """All prompts at step 0 and at the end; a fixed, evenly spaced subset in between."""
+        if step == 0 or final:
+            return list(range(len(self.prompts)))
+        return subset_indices(len(self.prompts), self.eval_cfg.num_prompts)
+
+    def __call__(self, ctx: EvalContext) -> EvalResult:
+        start = time.perf_counter()
+        indices = self.prompt_indices(ctx.step, ctx.final)
+        jobs = [(self.prompts[i], seed) for i in indices for seed in self.seeds]
+        jobs += [(self.class_prompt, seed) for seed in range(self.num_class)]
+        images = self._generate(ctx, jobs)
+        n = len(self.seeds)
+        samples = {i: images[k * n : (k + 1) * n] for k, i in enumerate(indices)}
+        class_images = images[len(indices) * n :]
+
+        if ctx.step == 0:
+            self._base_images, self._base_class, self._baselines = dict(samples), list(class_images), {}
+        # eval/*: the fixed subset, scored at every checkpoint, so the curve and the best step compare
+        # like with like. eval_all/*: every prompt, at step 0 and at the end (the DreamBench protocol).
+        fixed = subset_indices(len(self.prompts), self.eval_cfg.num_prompts)
+        metrics = self._score(fixed, samples, class_images, base=ctx.step == 0)
+        if len(indices) > len(fixed):
+            full = self._score(indices, samples, class_images, base=ctx.step == 0)
+            metrics.update({"eval_all/" + k.removeprefix("eval/"): v for k, v in full.items()})
+        metrics["eval/seconds"] = time.perf_counter() - start
+        self.tracker.update(ctx.step, metrics["eval/score"])
+
+        stem = ctx.label or f"step_{ctx.step:06d}"
+        sample_dir = self._save_samples(self.sample_root / stem, samples, class_images)
+        grid = make_grid(
+            [(self.prompts[i], samples[i]) for i in indices]
+            + ([(f"class prompt (PRES): {self.class_prompt}", class_images)] if class_images else []),
+            title=self._title(ctx),
+            reference=self.instance_images,
+            cell=min(int(self.eval_cfg.resolution), MAX_CELL),
+        )
+        grid_path = self.sample_root / f"{stem}.png"
+        grid.save(grid_path)
+        return EvalResult(ctx.step, metrics, grid, grid_path, sample_dir, [self.prompts[i] for i in indices])
+
+    def _score(
+        self,
+        indices: list[int],
+        samples: dict[int, list[Image.Image]],
+        class_images: list[Image.Image],
+        *,
+        base: bool,
+    ) -> dict[str, float]:
+        """Metrics of these prompts' samples, and ``eval/score`` against step 0 on the same prompts."""
+        metrics = self.suite.compute(
+            {self.prompts[i]: samples[i] for i in indices}, class_images, self.identifier
+        )
+        key = tuple(indices)
+        if base:  # step 0 is its own baseline
+            self._baselines[key] = dict(metrics)
+        metrics["eval/score"] = sweet_spot_score(
+            metrics, self._baseline(key, metrics), self.eval_cfg.objective
+        )
+        return metrics
+
+    # -- generation
+
+    @torch.no_grad()
+    def _generate(self, ctx: EvalContext, jobs: list[tuple[str, int]]) -> list[Image.Image]:
+        """One image per (prompt, seed), in chunks of ``eval.batch_size``; modes and RNG left as found."""
+        e = self.eval_cfg
+        device = torch.device(ctx.device)
+        modules = [ctx.unet, ctx.text_encoder, ctx.components.vae]
+        modes = [[m.training for m in module.modules()] for module in modules]
+        pipe = build_pipeline(ctx.components, e.scheduler, unet=ctx.unet, text_encoder=ctx.text_encoder)
+        autocast = (
+            torch.autocast(device.type, dtype=ctx.dtype) if ctx.dtype != torch.float32 else nullcontext()
+        )
+        # The generators below make sampling independent of the global streams; fork_rng guarantees
+        # that nothing inside (a scheduler or attention kernel drawing without a generator) moves them.
+        rng_devices = [device] if device.type == "cuda" else []
+        images: list[Image.Image] = []
+        try:
+            for module in modules:
+                module.eval()
+            with torch.random.fork_rng(devices=rng_devices), autocast:
+                for start in range(0, len(jobs), int(e.batch_size)):
+                    chunk = jobs[start : start + int(e.batch_size)]
+                    # CPU generators: the same seed gives the same noise on CPU and GPU alike.
+                    generators = [torch.Generator("cpu").manual_seed(seed) for _, seed in chunk]
+                    out = pipe(
+                        prompt=[p for p, _ in chunk],
+                        num_inference_steps=int(e.num_inference_steps),
+                        guidance_scale=float(e.guidance_scale),
+                        height=int(e.resolution),
+                        width=int(e.resolution),
+                        generator=generators,
+                        output_type="pil",
+                    )
+                    images.extend(out.images)
+        finally:
+            for module, flags in zip(modules, modes, strict=True):
+                for m, flag in zip(module.modules(), flags, strict=True):
+                    m.training = flag
+        return images
+
+    # -- baseline
+
+    def _baseline(self, key: tuple[int, ...], metrics: dict[str, float]) -> dict[str, float]:
+        """Step-0 metrics of exactly these prompts: computed once per subset from the step-0 images."""
+        if key in self._baselines:
+            return self._baselines[key]
+        if self._base_images is None:
+            self._load_base_from_disk()
+        if self._base_images is None or not all(i in self._base_images for i in key):
+            warnings.warn(
+                "no step-0 samples to compare with (resumed without samples/step_000000?): "
+                "eval/score has no prompt-fidelity penalty at this checkpoint",
+                stacklevel=4,
+            )
+            return metrics
+        base = {self.prompts[i]: self._base_images[i] for i in key}
+        self._baselines[key] = self.suite.compute(base, self._base_class, self.identifier)
+        return self._baselines[key]
+
+    def _load_base_from_disk(self) -> None:
+        """A resumed run never saw step 0: read its saved samples back if they match these settings."""
+        folder = self.sample_root / "step_000000"
+        try:
+            names = json.loads((folder / "prompts.json").read_text())
+        except (OSError, ValueError):
+            return
+        found: dict[int, list[Image.Image]] = {}
+        for i, prompt in enumerate(self.prompts):
+            files = [folder / _sample_name(i, seed) for seed in self.seeds]
+            if not all(names.get(f.name) == prompt and f.exists() for f in files):
+                return  # other prompts or seeds than this run's: no usable baseline
+            found[i] = [Image.open(f).convert("RGB") for f in files]
+        class_files = [folder / "class" / f"{seed}.png" for seed in range(self.num_class)]
+        if not all(f.exists() for f in class_files):
+            return
+        self._base_class = [Image.open(f).convert("RGB") for f in class_files]
+        self._base_images = found
+        log.info("baseline: step-0 samples read back from %s", folder)
+
+    # -- files
+
+    def _save_samples(
+        self, folder: Path, samples: dict[int, list[Image.Image]], class_images: list[Image.Image]
+    ) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        names: dict[str, str] = {}
+        for i, images in samples.items():
+            for seed, image in zip(self.seeds, images, strict=True):
+                name = _sample_name(i, seed)
+                image.save(folder / name)
+                names[name] = self.prompts[i]
+        (folder / "prompts.json").write_text(json.dumps(names, indent=2))
+        if class_images:
+            (folder / "class").mkdir(exist_ok=True)
+            for seed, image in enumerate(class_images):
+                image.save(folder / "class" / f"{seed}.png")
+            class_names = {f"{seed}.png": self.class_prompt for seed in range(len(class_images))}
+            (folder / "class" / "prompts.json").write_text(json.dumps(class_names, indent=2))
+        return folder
+
+    def _title(self, ctx: EvalContext) -> str:
+        e = self.eval_cfg
+        what = "base model" if ctx.step == 0 else "final" if ctx.final else "checkpoint"
+        name = ctx.label or f"step {ctx.step} ({what})"
+        return f"{name} | {e.scheduler}, {e.num_inference_steps} steps, guidance {e.guidance_scale}"
+
+
+def _sample_name(prompt_index: int, seed: int) -> str:
+    return f"{prompt_index:02d}_{seed}.png"
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def _wrap(text: str, font: Any, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to ``width`` px; the last line ends in '...' when the text is cut."""
+    words: list[str] = []
+    for word in text.split():
+        while len(word) > 1 and font.getlength(word) > width:  # hard-split words wider than the column
+            cut = len(word) - 1
+            while cut > 1 and font.getlength(word[:cut]) > width:
+                cut -= 1
+            words.append(word[:cut])
+            word = word[cut:]
+        words.append(word)
+    lines: list[str] = []
+    for word in words:
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and font.getlength(last + "...") > width:
+            last = last[:-1]
+        lines[-1] = last + "..."
+    return lines or [""]
+
+
+def make_grid(
+    rows: list[tuple[str, list[Image.Image]]],
+    *,
+    title: str,
+    reference: Sequence[Image.Image] = (),
+    cell: int = 128,
+) -> Image.Image:
+    """A labelled sample grid: title, a strip of reference photos, then one row per prompt.
+
+    Layout: width ``LABEL_W + cols·cell``; height ``TITLE_H + ref_rows·(cell//2) + GAP + len(rows)·cell``
+    where ``cols`` is the longest row and the reference strip holds ``2·cols`` photos per row, at most
+    ``MAX_REF_ROWS`` rows (``ref_rows`` is 0 without reference photos).
+    """
+    font = ImageFont.load_default()
+    cols = max((len(images) for _, images in rows), default=1)
+    thumb = max(cell // 2, 1)
+    per_ref_row = max(1, (cols * cell) // thumb)
+    ref_rows = min(MAX_REF_ROWS, math.ceil(len(reference) / per_ref_row))
+    shown = list(reference)[: ref_rows * per_ref_row]
+    ref_h = ref_rows * thumb
+    width = LABEL_W + cols * cell
+    height = TITLE_H + ref_h + GAP + len(rows) * cell
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    line_h = font.getbbox("Ag")[3] + 3
+
+    draw.text((4, (TITLE_H - line_h) // 2 + 1), _wrap(title, font, width - 8, 1)[0], fill="black", font=font)
+    if shown:
+        ref_label = f"subject photos ({len(shown)} of {len(reference)})"
+        for k, line in enumerate(_wrap(ref_label, font, LABEL_W - 8, max(1, ref_h // line_h))):
+            draw.text((4, TITLE_H + 2 + k * line_h), line, fill="black", font=font)
+        for k, image in enumerate(shown):
+            r, c = divmod(k, per_ref_row)
+            grid.paste(_fit(image, thumb), (LABEL_W + c * thumb, TITLE_H + r * thumb))
+    top = TITLE_H + ref_h + GAP
+    draw.line([(0, top - GAP // 2), (width, top - GAP // 2)], fill=(160, 160, 160), width=1)
+    for r, (label, images) in enumerate(rows):
+        y = top + r * cell
+        for k, line in enumerate(_wrap(label, font, LABEL_W - 8, max(1, (cell - 4) // line_h))):
+            draw.text((4, y + 2 + k * line_h), line, fill="black", font=font)
+        for c, image in enumerate(images):
+            grid.paste(_fit(image, cell), (LABEL_W + c * cell, y))
+    return grid
+
+
+def _fit(image: Image.Image, size: int) -> Image.Image:
+    """Center-crop to a square and resize to ``size``."""
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    return image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+# ----------------------------------------------------------------------------- eval-only mode
+
+
+def _has_weights(w: Any) -> bool:
+    return bool(w.model_dir or w.lora or w.embedding)
+
+
+def _load_weights(
+    cfg: DictConfig, components: Components, device: torch.device, dtype: torch.dtype
+) -> tuple[Any, Any]:
+    """Apply ``cfg.weights`` on top of the base components; returns the (unet, text_encoder) to sample."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    w = cfg.weights
+    unet, text_encoder = components.unet, components.text_encoder
+    if w.model_dir:
+        root = Path(w.model_dir).expanduser()
+        if not (root / "unet").is_dir():
+            raise ConfigError(
+                f"weights.model_dir={str(root)!r} has no unet/ folder: point it at a run's model/ folder"
+            )
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype).to(device)
+        if (root / "text_encoder").is_dir():
+            text_encoder = CLIPTextModel.from_pretrained(
+                root, subfolder="text_encoder", torch_dtype=dtype
+            ).to(device)
+        if (root / "tokenizer").is_dir():  # new tokens (textual inversion → DreamBooth) live here
+            components.tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+    if w.lora or w.embedding:
+        pipe = build_pipeline(components, unet=unet, text_encoder=text_encoder)
+        if w.lora:
+            path = Path(w.lora).expanduser()
+            if path.is_file():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+            elif path.is_dir():
+                pipe.load_lora_weights(str(path), weight_name="pytorch_lora_weights.safetensors")
+            else:
+                raise ConfigError(
+                    f"weights.lora={str(path)!r} does not exist: pass the .safetensors file or its folder"
+                )
+        if w.embedding:
+            path = Path(w.embedding).expanduser()
+            if not path.is_file():
+                raise ConfigError(
+                    f"weights.embedding={str(path)!r} is not a file: pass the learned embedding file"
+                )
+            pipe.load_textual_inversion(str(path), token=w.token)
+        unet, text_encoder, components.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    return unet, text_encoder
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score saved weights (or the base model) once with every prompt; return the metrics.
+
+    Writes ``samples/{base,final}.png`` (+ image folders) and ``metrics.json`` in the run folder.
+    """
+    from dreambooth_sweep.data import load_instance_images
+    from dreambooth_sweep.models import load_components
+    from dreambooth_sweep.train import resolve_output_dir, set_cpu_threads
+
+    validate(cfg)
+    cfg = copy.deepcopy(cfg)
+    cfg.eval.num_prompts = None  # one final-style evaluation: eval/* over every prompt
+    set_cpu_threads(cfg.train.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.mixed_precision, torch.float32)
+    if device.type == "cpu":
+        dtype = torch.float32  # half-precision sampling on a CPU is slow and gains nothing here
+    out = resolve_output_dir(cfg)
+    instance_images = load_instance_images(cfg.data)
+    components = load_components(cfg.model, cfg.paths.cache_dir)
+    for module in (components.unet, components.text_encoder, components.vae):
+        module.requires_grad_(False).to(device)
+        if dtype != torch.float32:
+            module.to(dtype)
+    evaluator = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
+
+    def run(step: int, label: str, unet: Any, text_encoder: Any) -> EvalResult:
+        ctx = EvalContext(step, True, components, unet, text_encoder, device, dtype, label=label)
+        result = evaluator(ctx)
+        log.info("%s: %s", label, json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
+        return result
+
+    # The base model first: it is the baseline, and LoRA / embeddings change the modules in place.
+    base = run(0, "base", components.unet, components.text_encoder)
+    result = base
+    if _has_weights(cfg.weights):
+        (out / "metrics_base.json").write_text(json.dumps(base.metrics, indent=2, sort_keys=True))
+        unet, text_encoder = _load_weights(cfg, components, device, dtype)
+        result = run(1, "final", unet, text_encoder)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    print(f"grid:    {result.grid_path}\nsamples: {result.sample_dir}\nmetrics: {out / 'metrics.json'}")
+    return dict(result.metrics)
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, float]:
+    """``python -m dreambooth_sweep.evaluate``: eval-only mode, prints where the results are."""
+    try:
+        return evaluate(cfg)
+    except ConfigError as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep, Hydra records the failed job and goes on
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
