@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format clean blog-objects blog-faces blog-text-encoder blog-ema blog-identifier
+.PHONY: help install demo test test-all lint format clean ui blog-objects blog-faces blog-text-encoder blog-ema blog-identifier
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -74,6 +74,14 @@ blog-ema: install ## seed 1: EMA on vs off (faces settings)
 blog-identifier: install ## seed 1: identifier sks vs a natural word (NATURAL=my) vs aawxbc
 	$(NEED_DATA)
 	$(GRID) blog_identifier $(RECIPE_ARGS) data.identifier=sks,$(NATURAL),aawxbc
+
+# Same store as dreambooth_sweep.tracking.default_uri("<paths.log_dir>")
+MLFLOW_DB ?= sqlite:///$(abspath $(or $(DREAMBOOTH_SWEEP_ROOT),.)/outputs)/mlflow.db
+UI_PORT ?= 5000
+
+ui: install ## MLflow UI over outputs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=)
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_DB); Ctrl-C to stop)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

@@ -330,6 +330,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 )
             metrics = dict(result.metrics)
             last_metrics.update(metrics)
+            with open(out / "eval_history.jsonl", "a") as history:  # the run's curve, readable without MLflow
+                history.write(json.dumps({"step": step, **metrics}) + "\n")
             tracker.log_metrics(metrics, step=step)
             if getattr(result, "grid", None) is not None:
                 tracker.log_image(result.grid, key="samples", step=step)

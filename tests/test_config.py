@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF_DIR, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dreambooth_sweep.config import ConfigError, validate
-
-from conftest import CONF_DIR, compose_config
 
 GROUPS = ["model", "method", "data", "prior", "train", "eval", "tracking", "paths"]
 
