@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format clean ui blog-objects blog-faces blog-text-encoder blog-ema blog-identifier
+.PHONY: help install demo test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -62,6 +62,15 @@ blog-faces: install ## seed 1, faces: lr 5e-6 vs 2e-6 with prior, 800/1200 steps
 	$(NEED_DATA)
 	$(GRID) blog_faces $(RECIPE_ARGS)
 	$(GRID) blog_faces_prior $(RECIPE_ARGS)
+
+comma := ,
+SCHED_DIR = outputs/blog_schedulers
+
+blog-schedulers: install ## seed 1: PNDM vs LMS vs DDIM × 50/100 steps on a trained model (MODEL_DIR=, else trains one)
+	$(NEED_DATA)
+	$(if $(MODEL_DIR),,$(PY) -m dreambooth_sweep.train experiment=blog_faces train.lr=5e-6 paths.output_dir=$(SCHED_DIR)/train $(RECIPE_ARGS))
+	$(PY) -m dreambooth_sweep.evaluate -m experiment=blog_schedulers weights.model_dir=$(or $(MODEL_DIR),$(SCHED_DIR)/train/model) \
+		eval.scheduler=pndm,lms,ddim eval.num_inference_steps=$(if $(SMOKE),2$(comma)4,50$(comma)100) $(RECIPE_ARGS)
 
 blog-text-encoder: install ## seed 1: text encoder frozen vs fine-tuned (faces settings)
 	$(NEED_DATA)
