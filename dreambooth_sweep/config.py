@@ -31,7 +31,8 @@ __all__ = [
     "validate",
 ]
 
-METHODS = ("dreambooth",)
+METHODS = ("dreambooth", "lora", "textual_inversion", "ti_dreambooth")
+TI_PHASE2 = ("full", "lora")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
 EVAL_SCHEDULERS = ("ddim", "pndm", "lms", "dpm++", "euler", "euler_a", "unipc", "ddpm")
@@ -60,7 +61,25 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "dreambooth"  # what is trained: dreambooth (full UNet [+ text encoder])
+    """What is trained (dreambooth_sweep/methods.py). Only the fields of the chosen method matter."""
+
+    name: str = "dreambooth"  # dreambooth | lora | textual_inversion | ti_dreambooth
+    # LoRA (method=lora, and ti_dreambooth with phase2=lora)
+    rank: int = 4  # LoRA rank r (4 on SD-1.5 attention ≈ 3.2 MB, seed 2's file size)
+    alpha: float | None = None  # LoRA scale is alpha / rank; null: alpha = rank (scale 1)
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    unet_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder_target_modules: list[str] = field(  # adapted when train.train_text_encoder=true
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
+    )
+    export_kohya: bool = False  # also write pytorch_lora_weights_kohya.safetensors (A1111/ComfyUI key names)
+    # Textual inversion (method=textual_inversion, and phase 1 of ti_dreambooth); data.identifier is the new token
+    num_vectors: int = 1  # embedding vectors of the new token: <tok>, <tok>_1, ... (prompts just say <tok>)
+    initializer_token: str | None = None  # one-token word the new vectors start from; null: data.class_noun
+    ti_lr: float = 5e-4  # embedding learning rate (train.lr is the UNet's)
+    # TI → DreamBooth (method=ti_dreambooth): train.max_steps = ti_steps + DreamBooth steps
+    ti_steps: int = 0  # textual-inversion steps before DreamBooth starts
+    phase2: str = "full"  # full (every UNet weight) | lora
 
 
 @dataclass
@@ -205,11 +224,63 @@ def _fail(problem: str, fix: str) -> None:
     raise ConfigError(f"{problem}: {fix}")
 
 
+def _validate_method(m: Any, t: Any) -> None:
+    """Method settings; checks that need the tokenizer (identifier, initializer) run in methods.py."""
+    lora = m.name == "lora" or (m.name == "ti_dreambooth" and m.phase2 == "lora")
+    if m.name == "ti_dreambooth":
+        if m.phase2 not in TI_PHASE2:
+            _fail(f"unknown method.phase2={m.phase2!r}", f"choose one of {', '.join(TI_PHASE2)}")
+        if not 0 < m.ti_steps < t.max_steps:
+            _fail(
+                f"method.ti_steps={m.ti_steps} must lie strictly between 0 and train.max_steps={t.max_steps}",
+                "max_steps counts both phases, e.g. method.ti_steps=2000 train.max_steps=2500 (2000 TI + 500 DreamBooth)",
+            )
+        if t.train_text_encoder and t.text_encoder_steps is not None and t.text_encoder_steps <= m.ti_steps:
+            _fail(
+                f"train.text_encoder_steps={t.text_encoder_steps} ends before DreamBooth starts at method.ti_steps={m.ti_steps}",
+                "it counts every step, textual inversion included: set it above method.ti_steps, or null",
+            )
+    if lora:
+        if m.rank <= 0:
+            _fail(f"method.rank={m.rank} must be a positive integer", "use e.g. method.rank=4")
+        if m.alpha is not None and not m.alpha > 0:
+            _fail(f"method.alpha={m.alpha} must be positive", "use e.g. method.alpha=4, or null (= rank)")
+        if not 0 <= m.dropout < 1:
+            _fail(f"method.dropout={m.dropout} must be in [0, 1)", "use e.g. 0.0 or 0.1")
+        if not m.unet_target_modules or (t.train_text_encoder and not m.text_encoder_target_modules):
+            _fail(
+                "method.unet_target_modules / text_encoder_target_modules is empty",
+                "name the layers to adapt, e.g. [to_q,to_k,to_v,to_out.0]",
+            )
+    elif m.export_kohya:
+        _fail(
+            f"method.export_kohya=true but method={m.name} trains no LoRA",
+            "use method=lora (or ti_dreambooth with method.phase2=lora)",
+        )
+    if m.name in ("textual_inversion", "ti_dreambooth"):
+        if m.num_vectors < 1:
+            _fail(f"method.num_vectors={m.num_vectors} must be 1 or more", "use e.g. method.num_vectors=1")
+        if not m.ti_lr > 0:
+            _fail(f"method.ti_lr={m.ti_lr} must be positive", "use e.g. method.ti_lr=5e-4")
+    if m.name == "textual_inversion":
+        if t.train_text_encoder:
+            _fail(
+                "method=textual_inversion trains only the new embedding",
+                "set train.train_text_encoder=false (or use method=ti_dreambooth)",
+            )
+        if t.use_ema:
+            _fail(
+                "train.use_ema averages UNet weights but method=textual_inversion trains none",
+                "set train.use_ema=false",
+            )
+
+
 def validate(cfg: DictConfig | Any) -> None:
     """Check flag combinations and ranges up front, before anything is loaded or trained."""
     t, p, d = cfg.train, cfg.prior, cfg.data
     if cfg.method.name not in METHODS:
         _fail(f"unknown method.name={cfg.method.name!r}", f"choose one of {', '.join(METHODS)}")
+    _validate_method(cfg.method, t)
     if not t.lr > 0:
         _fail(f"train.lr={t.lr} must be positive", "set e.g. train.lr=2e-6")
     if t.text_encoder_lr is not None and not t.text_encoder_lr > 0:

@@ -12,16 +12,20 @@ What happens, in order:
 2. load the base model with ``from_pretrained`` (hub id, local folder or the offline ``tiny`` build);
 3. prior preservation: make sure the shared cache holds ``num_class_images`` class images from the
    *base* model (generated once, reused by every later run);
-4. train the UNet (and optionally the text encoder) with accelerate: noise → predict → MSE, the prior
-   loss on the class half of each batch, optional Min-SNR-γ, offset noise, EMA;
+4. train with accelerate what ``method`` says (``methods.py``: the full UNet [+ text encoder], LoRA
+   adapters, a new token's embedding, or textual inversion then DreamBooth): noise → predict → MSE,
+   the prior loss on the class half of each batch, optional Min-SNR-γ, offset noise, EMA;
 5. at step 0 (the base model baseline) and every ``eval.every_n_steps``: sample with fixed seeds and
    score (DINO, CLIP-I, CLIP-T, ...); the score goes to MLflow and, in an Optuna sweep, to the trial,
    which may stop the run early (pruning);
-6. save the final weights as a diffusers pipeline (``StableDiffusionPipeline.from_pretrained``-ready).
+6. save the final weights in diffusers' formats under ``<run>/model``: a pipeline
+   (``from_pretrained``), ``pytorch_lora_weights.safetensors`` (``load_lora_weights``) and/or
+   ``learned_embeds.safetensors`` (``load_textual_inversion``).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -44,6 +48,7 @@ from omegaconf import DictConfig
 
 from dreambooth_sweep import data as data_lib
 from dreambooth_sweep.config import ConfigError, register_configs, validate
+from dreambooth_sweep.methods import Method, build_method
 from dreambooth_sweep.models import Components, build_pipeline, load_components
 
 log = logging.getLogger("dreambooth_sweep.train")
@@ -129,6 +134,50 @@ def untouched_training_state(*modules: torch.nn.Module) -> Iterator[None]:
         _set_rng_state(rng)
 
 
+# A full disk shows up as OSError(ENOSPC), or as torch's / safetensors' own errors ("file write failed",
+# "unexpected pos", "iostream error", "StorageFull"); so a failed write on a (nearly) full disk counts too.
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "StorageFull", "file write failed")
+_NEARLY_FULL_BYTES = 16 * 2**20
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(text in str(exc) for text in _DISK_FULL):
+        return True
+    try:
+        return isinstance(exc, Exception) and shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+@contextmanager
+def _writing(tmp: Path, what: str, *, clean_up: bool = True) -> Iterator[None]:
+    """Write a folder into ``tmp``: on any failure (Ctrl-C included) remove it (``clean_up``: the main
+    process only), so nothing half-written stays behind, and turn a full disk into a one-line
+    :class:`ConfigError`."""
+    try:
+        yield
+    except BaseException as exc:
+        full = _disk_full(exc, tmp.parent)  # before the partial folder is removed and frees space
+        if clean_up:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise ConfigError(
+                f"disk full while saving {what} under {tmp.parent}: free space or change paths.log_dir "
+                "(earlier checkpoints are intact)"
+            ) from exc
+        raise
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a folder so that an interruption never leaves it half-deleted under its real name."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written folder into place; a crash before this leaves only the old one."""
     if final.exists():
@@ -196,7 +245,6 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
     from tqdm.auto import tqdm
 
@@ -221,24 +269,24 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         device, weight_dtype = accelerator.device, _weight_dtype(t.mixed_precision)
         torch.manual_seed(t.seed)  # model-independent global seed; training noise has its own generator
 
-        # 2. The base model.
+        # 2. The base model, and what the method trains of it: new tokens / LoRA adapters are added,
+        # everything else is frozen. Frozen modules run in the mixed-precision dtype; trainable
+        # weights stay fp32 (accelerate autocasts).
         comps = load_components(cfg.model, cfg.paths.cache_dir)
+        method = build_method(cfg)
+        method.setup(comps, device, weight_dtype)
         unet, text_encoder, vae, tokenizer = comps.unet, comps.text_encoder, comps.vae, comps.tokenizer
         noise_scheduler = comps.noise_scheduler
         vae.requires_grad_(False)
-        text_encoder.requires_grad_(t.train_text_encoder)
-        unet.requires_grad_(True)
-        # Frozen modules run in the mixed-precision dtype; trainable weights stay fp32 (accelerate autocasts).
         vae.to(device) if weight_dtype == torch.float32 else vae.to(device, dtype=weight_dtype)
-        unet.to(device)
-        text_encoder.to(device, dtype=torch.float32 if t.train_text_encoder else weight_dtype)
 
-        # 3. Class images come from the untouched base model, so generate them before training.
+        # 3. Class images come from the base model, so generate them before training (LoRA adapters
+        # start at zero and new tokens are not in the class prompt: the model still is the base model).
         class_images = prepare_class_images(cfg, comps, device, weight_dtype) if p.enabled else []
 
         if t.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-            if t.train_text_encoder:
+            if method.trains_text_encoder:
                 text_encoder.gradient_checkpointing_enable()
         if t.enable_xformers:
             try:
@@ -251,21 +299,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
 
         # 4. Optimizer and schedule.
         scale = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes if t.scale_lr else 1
-        lr, te_lr = t.lr * scale, (t.text_encoder_lr or t.lr) * scale
-        groups = [{"params": [q for q in unet.parameters() if q.requires_grad], "lr": lr}]
-        if t.train_text_encoder:
-            groups.append({"params": list(text_encoder.parameters()), "lr": te_lr})
-        optimizer = _make_optimizer(t, groups)
-        lr_scheduler = get_scheduler(
-            t.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=t.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=t.max_steps * accelerator.num_processes,
-        )
+        # Every phase's weights, one group each with its lr (train.lr, text_encoder_lr, method.ti_lr).
+        optimizer = _make_optimizer(t, method.param_groups(scale))
+        lr_scheduler = method.lr_scheduler(optimizer, num_processes=accelerator.num_processes)  # one per phase
 
         dataset = data_lib.DreamBoothDataset(
             instance_images,
-            cfg.data.instance_prompt,
+            method.prompt(cfg.data.instance_prompt),  # multi-vector tokens spelled out
             tokenizer,
             cfg.data.resolution,
             class_images=class_images,
@@ -280,12 +320,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=t.batch_size, sampler=sampler, collate_fn=data_lib.collate, num_workers=t.dataloader_workers
         )
-        trained = [unet, text_encoder] if t.train_text_encoder else [unet]
-        prepared = accelerator.prepare(*trained, optimizer, lr_scheduler)
-        unet = prepared[0]
-        if t.train_text_encoder:
-            text_encoder = prepared[1]
-        optimizer, lr_scheduler = prepared[-2], prepared[-1]
+        trained = [m for m, on in ((unet, method.trains_unet), (text_encoder, method.trains_text_encoder)) if on]
+        *trained, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
+        if method.trains_unet:
+            unet = trained.pop(0)
+        if method.trains_text_encoder:
+            text_encoder = trained.pop(0)
 
         ema = None
         if t.use_ema:
@@ -305,6 +345,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             global_step = int(state["global_step"])
             noise_gen.set_state(torch.load(resume_dir / "noise_generator.pt", weights_only=True).to("cpu"))
             log.info("resumed from %s at step %d", resume_dir, global_step)
+        method.enter(global_step)  # the phase this step belongs to: which weights train now
 
         # 5. Evaluation hook and trial reporting.
         reporter = TrialReporter.from_context(cfg.sweep)  # best score/step; pruning in an Optuna sweep
@@ -336,7 +377,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             if getattr(result, "grid", None) is not None:
                 tracker.log_image(result.grid, key="samples", step=step)
             score = metrics.get("eval/score")
-            if score is not None and math.isfinite(score):
+            # Step 0 is the untouched base model: the baseline every score is measured against, never a
+            # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
+            if step > 0 and score is not None and math.isfinite(score):
                 reporter.report(score, step, metrics)  # raises optuna.TrialPruned when the pruner says stop
                 log.info("step %d: score %.4f (best %.4f at step %d)", step, score, reporter.best_score, reporter.best_step)
 
@@ -347,7 +390,6 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         micro = global_step * t.gradient_accumulation_steps
         epoch, skip = divmod(micro, batches_per_epoch)
         prediction_type = noise_scheduler.config.prediction_type
-        te_active = t.train_text_encoder
         bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
         loss_value = float("nan")
         while global_step < t.max_steps:
@@ -356,7 +398,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             for index, batch in enumerate(loader):
                 if index < skip:  # replaying a resumed epoch up to where the checkpoint was taken
                     continue
-                models = [unet, text_encoder] if te_active else [unet]
+                models = [m for m, on in ((unet, method.unet_active), (text_encoder, method.text_encoder_active)) if on]
                 with accelerator.accumulate(*models):
                     pixels = batch["pixel_values"].to(device, dtype=weight_dtype)
                     with torch.no_grad():
@@ -371,9 +413,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     )
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     input_ids = batch["input_ids"].to(device)
-                    with nullcontext() if te_active else torch.no_grad():
-                        encoder_states = text_encoder(input_ids)[0]
-                    pred = unet(noisy, timesteps, encoder_states).sample
+                    # A frozen UNet (textual inversion) still passes gradients back to the embedding; it runs
+                    # unwrapped (no DDP sync of weights that do not train) under the mixed-precision autocast.
+                    denoiser = unet if method.unet_active else accelerator.unwrap_model(unet)
+                    with accelerator.autocast():
+                        with nullcontext() if method.text_encoder_active else torch.no_grad():
+                            encoder_states = text_encoder(input_ids)[0]
+                        pred = denoiser(noisy, timesteps, encoder_states).sample
                     if prediction_type == "epsilon":
                         target = noise
                     elif prediction_type == "v_prediction":
@@ -402,19 +448,21 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
+                method.after_step()  # e.g. put back the embedding rows textual inversion must not move
                 loss_value = accelerator.gather(loss.detach()).mean().item()
-                if ema is not None:
+                if ema is not None and method.unet_active:
                     ema.step(accelerator.unwrap_model(unet).parameters())
-                if te_active and t.text_encoder_steps is not None and global_step >= t.text_encoder_steps:
-                    # Freeze the text encoder from here on: no grads → AdamW skips its params entirely.
-                    te_active = False
-                    accelerator.unwrap_model(text_encoder).requires_grad_(False)
-                    log.info("text encoder frozen after %d steps", global_step)
+                train_lr = lr_scheduler.get_last_lr()[method.lr_group]
+                # The next step's weights: the text encoder stops after text_encoder_steps, textual inversion
+                # hands over to DreamBooth after ti_steps. Frozen weights get no grads: AdamW skips them.
+                method.enter(global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                tracker.log_train(global_step, {"train/loss": loss_value, "train/lr": lr_scheduler.get_last_lr()[0]})
+                tracker.log_train(global_step, {"train/loss": loss_value, "train/lr": train_lr})
                 if t.checkpoint_every_n_steps and global_step % t.checkpoint_every_n_steps == 0:
-                    _save_checkpoint(accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, te_active)
+                    _save_checkpoint(
+                        accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, method.text_encoder_active
+                    )
                 is_last = global_step >= t.max_steps
                 if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
                     evaluate(global_step, final=is_last)
@@ -431,8 +479,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             results.update(objective=-loss_value, best_step=float(global_step))
         accelerator.wait_for_everyone()
         if t.save_final and accelerator.is_main_process:
-            model_dir = _save_final(comps, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), ema, out)
+            model_dir, weight_files = _save_final(
+                method, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), ema, out
+            )
             tracker.set_tags({"model_path": str(model_dir.resolve())})
+            for name in weight_files:  # LoRA / embedding files are small: always tracked
+                tracker.log_artifact(model_dir / name, artifact_path="weights")
             if cfg.tracking.log_model:
                 tracker.log_artifact(model_dir, artifact_path="model")
         tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"]})
@@ -478,28 +530,33 @@ def _save_checkpoint(accelerator: Any, out: Path, step: int, noise_gen: torch.Ge
     tmp = root / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # no process writes into tmp before it is clean
+    with _writing(tmp, final.name, clean_up=accelerator.is_main_process):
+        accelerator.save_state(str(tmp))  # every process writes its random_states_<rank>.pkl
+        if accelerator.is_main_process:
+            torch.save(noise_gen.get_state(), tmp / "noise_generator.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "text_encoder_active": te_active}))
+    accelerator.wait_for_everyone()  # all of it is in tmp before it becomes the checkpoint
     if accelerator.is_main_process:
-        torch.save(noise_gen.get_state(), tmp / "noise_generator.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "text_encoder_active": te_active}))
         _atomic_replace_dir(tmp, final)
         if limit:
             done = sorted(root.glob("checkpoint-*"), key=lambda q: int(q.name.split("-")[-1]))
             for old in done[:-limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_dir(old)
     log.info("checkpoint saved: %s", final)
 
 
-def _save_final(comps: Components, unet: Any, text_encoder: Any, ema: Any, out: Path) -> Path:
+def _save_final(method: Method, unet: Any, text_encoder: Any, ema: Any, out: Path) -> tuple[Path, list[str]]:
+    """The method's weights in diffusers' formats under ``<out>/model``; returns it and its small files."""
     if ema is not None:
         ema.copy_to(unet.parameters())
-    pipe = build_pipeline(comps, unet=unet, text_encoder=text_encoder)
     final, tmp = out / "model", out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    with _writing(tmp, "the final model"):
+        files = method.save(tmp, unet, text_encoder)
     _atomic_replace_dir(tmp, final)
-    log.info("model saved: %s (StableDiffusionPipeline.from_pretrained-ready)", final)
-    return final
+    log.info("model saved: %s (%s)", final, ", ".join(sorted(f.name for f in final.iterdir())))
+    return final, files
 
 
 # ----------------------------------------------------------------------------- entry point
