@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier
+.PHONY: help install demo sweep test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -45,14 +45,37 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project (CPU torch here; keeps an existing CUDA torch)
 
-demo: install ## README command 1: set up, then run the demo on the tiny offline model
-	$(PY) -m dreambooth_sweep.train experiment=demo $(ARGS)
+demo: install ## README command 1: set up, then a small Optuna sweep with pruning on the tiny offline model
+	$(GRID) demo $(ARGS)
+	@echo
+	@echo "Demo done. Runs: outputs/multiruns/ (each trial: model/, samples/, metrics.json);"
+	@echo "  Optuna study: outputs/optuna.db;  MLflow: run 'make ui', then open http://127.0.0.1:5000"
 
 test: install ## README command 2: set up, then run the default test suite
 	$(PY) -m pytest $(ARGS)
 
 test-all: install ## run every test, slow ones included
 	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+WORKERS ?= 1
+SWEEP_PORT ?= 5001
+
+sweep: install ## the Optuna sweet-spot search (sweeps/lr_steps.yaml; DATA=, CLASS=, WORKERS=N: one worker per GPU)
+	$(NEED_DATA)
+	@if [ "$(WORKERS)" = "1" ]; then \
+		$(GRID) lr_steps $(RECIPE_ARGS); \
+	else \
+		echo "starting an MLflow server on 127.0.0.1:$(SWEEP_PORT) for $(WORKERS) workers (SQLite takes one writer)"; \
+		MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_DB) \
+			--default-artifact-root $(abspath outputs)/mlartifacts --host 127.0.0.1 --port $(SWEEP_PORT) > outputs/mlflow-server.log 2>&1 & \
+		server=$$!; trap "kill $$server" EXIT; \
+		$(VENV)/bin/dreambooth-sweep wait-for-url http://127.0.0.1:$(SWEEP_PORT)/health --timeout 120 || exit 1; \
+		pids=""; for i in $$(seq 0 $$(($(WORKERS) - 1))); do \
+			CUDA_VISIBLE_DEVICES=$$i $(GRID) lr_steps $(RECIPE_ARGS) tracking.uri=http://127.0.0.1:$(SWEEP_PORT) \
+				hydra.sweep.dir=outputs/multiruns/lr_steps-worker$$i > outputs/sweep-worker$$i.log 2>&1 & pids="$$pids $$!"; \
+		done; \
+		echo "$(WORKERS) workers started (logs: outputs/sweep-worker*.log)"; wait $$pids; \
+	fi
 
 blog-objects: install ## seed 1, objects: lr 5e-6 vs 2e-6, 400 steps, batch 4, no prior (DATA=, CLASS=)
 	$(NEED_DATA)
@@ -91,6 +114,14 @@ UI_PORT ?= 5000
 ui: install ## MLflow UI over outputs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=)
 	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_DB); Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)
+
+blog-ti-dreambooth: install ## seed 1 epilogue: 2000 textual-inversion steps, then 500 DreamBooth steps at lr 1e-6
+	$(NEED_DATA)
+	$(PY) -m dreambooth_sweep.train experiment=blog_ti_dreambooth $(RECIPE_ARGS)
+
+lora-figurine: install ## seed 2: LoRA DreamBooth recipe and its 5/15/25-image dataset-size study
+	$(NEED_DATA)
+	$(GRID) lora_figurine $(RECIPE_ARGS)
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

@@ -2,6 +2,7 @@
 
     dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
     dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
+    dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait_for_url(args: argparse.Namespace) -> int:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(args.url, timeout=2):
+                return 0
+        except OSError:
+            time.sleep(0.5)
+    print(f"error: {args.url} did not answer within {args.timeout:g} s: check the server's log", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=_make_demo_data)
+
+    p = sub.add_parser("wait-for-url", help="wait until a URL answers (e.g. a tracking server's /health)")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=_wait_for_url)
     return parser
 
 

@@ -22,3 +22,19 @@ def test_make_demo_data(tmp_path: Path, capsys) -> None:
     assert len(list((tmp_path / "toy").glob("*.jpg"))) == 5
     assert main(["make-demo-data", str(tmp_path / "bad"), "--num-images", "2"]) == 2
     assert "between 5 and 25" in capsys.readouterr().err
+
+
+def test_wait_for_url_answers_and_times_out(capsys) -> None:
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert main(["wait-for-url", f"http://127.0.0.1:{server.server_port}/", "--timeout", "5"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert main(["wait-for-url", f"http://127.0.0.1:{server.server_port}/", "--timeout", "1"]) == 1
+    assert "did not answer" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""Structured config of the Optuna sweeper, registered as ``hydra/sweeper: optuna``.
+
+Select it with ``hydra/sweeper=optuna`` on the command line or ``override /hydra/sweeper: optuna`` in a
+sweep file, and set the fields below under ``hydra.sweeper``::
+
+    # @package _global_
+    defaults:
+      - override /hydra/sweeper: optuna
+    hydra:
+      mode: MULTIRUN
+      sweeper:
+        storage: sqlite:///${paths.log_dir}/optuna.db
+        study_name: lr-sweep
+        n_trials: 30
+        pruner: {_target_: optuna.pruners.MedianPruner, n_startup_trials: 5}
+        params:
+          train.lr: tag(log, interval(1e-7, 1e-5))
+          train.text_encoder_steps: choice(0, 100, 200)
+          prior.loss_weight: {type: float, low: 0.1, high: 1.0, step: 0.1}
+
+Search-space syntax of ``params`` (and of sweep overrides on the command line, which extend it):
+
+- ``choice(a, b)`` or ``a,b`` or a YAML list: categorical.
+- ``range(1, 5)``: int 1..4, ``stop`` excluded as in Hydra's basic sweeper; ``range(0, 1, 0.25)``: float with a step.
+- ``interval(lo, hi)``: float; ``tag(log, interval(lo, hi))``: log-uniform float; ``tag(log, range(1, 65))``: log int.
+- ``{type: float|int, low: .., high: .., log: .., step: ..}`` or ``{type: categorical, choices: [..]}``.
+- a plain value: a fixed override, passed to every job.
+
+On the command line, new keys need ``+`` or ``++`` (Hydra's struct mode), e.g.
+``'++hydra.sweeper.pruner={_target_: optuna.pruners.SuccessiveHalvingPruner, min_resource: 100}'`` or
+``'+hydra.sweeper.params.train.lr={type: float, low: 1e-7, high: 1e-5, log: true}'``; plain sweep
+overrides (``train.lr='interval(1e-7, 1e-5)'``) need nothing.
+"""
+
+# No `from __future__ import annotations` here: Hydra loads plugin modules without putting them in
+# sys.modules, and dataclasses then cannot resolve string annotations.
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+__all__ = ["OptunaSweeperConf"]
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper.OptunaSweeper"
+    # sampler/pruner stay configs until the sweeper builds them (a GridSampler needs the search space)
+    _recursive_: bool = False
+
+    study_name: str | None = None  # None: the Hydra job name; the same name + storage resumes a study
+    storage: str | None = (
+        None  # sqlite:///abs.db | postgresql://.. | journal:///path.log; None: sqlite in the sweep dir
+    )
+    direction: str = "maximize"  # single objective: maximize | minimize
+    directions: list[str] | None = None  # multi-objective, e.g. [maximize, maximize]; replaces `direction`
+    objective: str = "objective"  # key of the job's returned dict holding the trial's value
+    objectives: list[str] | None = (
+        None  # multi-objective: one key per direction, e.g. [eval/dino, eval/clip_t]
+    )
+    n_trials: int = 20  # TOTAL finished trials (complete, pruned, failed) the study should reach: a resumed sweep runs the rest
+    n_jobs: int = (
+        1  # trials asked and launched together per batch, through whatever hydra/launcher is configured
+    )
+    seed: int | None = None  # sampler seed (also given to a configured sampler that sets none)
+    max_failure_rate: float = (
+        0.5  # stop when more than this fraction of this sweep's finished trials failed; 1.0: never
+    )
+    failure_check_after: int = (
+        4  # that check starts once this sweep finished this many trials (and runs at the end)
+    )
+    heartbeat_interval: int = (
+        60  # seconds between "alive" stamps; a RUNNING trial silent for 3x this is failed as interrupted
+    )
+    sampler: Any = (
+        None  # {_target_: optuna.samplers.X, ...}; None: TPESampler, or NSGAIISampler when multi-objective
+    )
+    pruner: Any = field(
+        default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"}
+    )  # null: no pruning
+    params: dict[str, Any] = field(default_factory=dict)  # the search space: key -> syntax above
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="dreambooth_sweep"
+)

@@ -1,0 +1,368 @@
+"""The Optuna sweeper end to end: a tiny Hydra app, real SQLite/journal storage, no mocks.
+
+Sweeps run ``tests/sweep_app/app.py -m hydra/sweeper=optuna`` in a subprocess (as a user would, which
+also checks that Hydra discovers the plugin), then read the study back from its storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from dreambooth_sweep.config import SweepContext
+from dreambooth_sweep.sweep import TrialReporter, numeric_metrics
+from hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper import (
+    SweepError,
+    format_value,
+    grid_search_space,
+    parse_search_space,
+)
+
+APP = Path(__file__).parent / "sweep_app" / "app.py"
+LR = "lr=tag(log, interval(0.01, 1.0))"
+
+
+def sweep(
+    tmp_path: Path, *overrides: str, storage: str | None = None, ok: bool = True
+) -> subprocess.CompletedProcess:
+    """Run one sweep of the test app; the study lives in ``tmp_path/optuna.db`` unless told otherwise."""
+    storage = storage or f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        f"hydra.sweeper.storage='{storage}'",
+        "hydra.sweeper.study_name=test",
+        "hydra.sweeper.seed=0",
+        *overrides,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def load(tmp_path: Path, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name="test", storage=storage or f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+# --- search space -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("interval(0.1, 0.5)", FloatDistribution(0.1, 0.5)),
+        ("tag(log, interval(1e-6, 1e-5))", FloatDistribution(1e-6, 1e-5, log=True)),
+        ("range(1, 5)", IntDistribution(1, 4)),  # Hydra's range excludes stop, like Python's
+        ("range(0, 100, 25)", IntDistribution(0, 75, step=25)),
+        ("tag(log, range(1, 65))", IntDistribution(1, 64, log=True)),
+        ("range(0.1, 0.5, 0.1)", FloatDistribution(0.1, 0.4, step=0.1)),
+        ("choice(adamw, adamw8bit)", CategoricalDistribution(["adamw", "adamw8bit"])),
+        ("choice(0, 100, 200)", CategoricalDistribution([0, 100, 200])),
+        ("a,b,c", CategoricalDistribution(["a", "b", "c"])),
+        ({"type": "float", "low": 1e-6, "high": 1e-4, "log": True}, FloatDistribution(1e-6, 1e-4, log=True)),
+        ({"type": "float", "low": 0.1, "high": 1.0, "step": 0.1}, FloatDistribution(0.1, 1.0, step=0.1)),
+        ({"type": "int", "low": 100, "high": 800, "step": 100}, IntDistribution(100, 800, step=100)),
+        ({"type": "categorical", "choices": [True, False]}, CategoricalDistribution([True, False])),
+        (["sd15", "sd21"], CategoricalDistribution(["sd15", "sd21"])),
+    ],
+)
+def test_search_space_syntax(spec, expected) -> None:
+    space, fixed = parse_search_space({"x": spec})
+    assert space == {"x": expected} and fixed == []
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask(space)
+        assert expected._contains(expected.to_internal_repr(trial.params["x"]))
+        study.tell(trial, 0.0)
+
+
+def test_nested_params_are_dotted_keys() -> None:
+    space, _ = parse_search_space(
+        {"train": {"lr": {"type": "float", "low": 0.1, "high": 0.2}, "seed": "range(3)"}}
+    )
+    assert space == {"train.lr": FloatDistribution(0.1, 0.2), "train.seed": IntDistribution(0, 2)}
+
+
+def test_command_line_extends_and_overrides_params() -> None:
+    params = {
+        "train.lr": "interval(1e-6, 1e-5)",
+        "prior.loss_weight": "choice(0.5, 1.0)",
+        "train.max_steps": 400,
+    }
+    args = ["prior.loss_weight=1.0", "train.seed=range(0, 3)", "model=tiny", "+extra='a b'"]
+    space, fixed = parse_search_space(params, args)
+    assert set(space) == {"train.lr", "train.seed"}  # a fixed value on the command line wins
+    assert fixed == ["train.max_steps=400", "prior.loss_weight=1.0", "model=tiny", "+extra='a b'"]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "shuffle(choice(a, b))",
+        "tag(log, choice(1, 2))",
+        "tag(cosine, interval(0, 1))",
+        "tag(log, interval(0, 1))",  # log needs low > 0
+        {"type": "normal", "low": 0, "high": 1},
+        {"type": "float", "low": 0},
+        {"type": "int", "low": 0, "high": 4, "stepp": 2},
+    ],
+)
+def test_bad_search_space_is_one_clear_error(spec) -> None:
+    with pytest.raises(SweepError, match=r"^x: ") as info:
+        parse_search_space({"x": spec})
+    assert "\n" not in str(info.value)
+
+
+def test_grid_search_space() -> None:
+    space, _ = parse_search_space({"a": "choice(x, y)", "b": "range(1, 4)", "c": "range(0.5, 1.1, 0.25)"})
+    assert grid_search_space(space) == {"a": ["x", "y"], "b": [1, 2, 3], "c": [0.5, 0.75, 1.0]}
+    with pytest.raises(SweepError, match="GridSampler needs discrete values"):
+        grid_search_space(parse_search_space({"d": "interval(0, 1)"})[0])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e-06, 0.1 + 0.2, -3.5e300, 7, True, None, "adamw", "a photo of sks dog", "1e-6", "true", "null",
+     "sqlite:////tmp/x.db?timeout=3", "it's", 'say "hi"', "both ' and \"", "back\\slash\\", "a,b", "${x}"],
+)  # fmt: skip
+def test_format_value_round_trips_through_hydra(value) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    override = OverridesParser.create().parse_override(f"key={format_value(value)}")
+    assert not override.is_sweep_override()
+    assert override.value() == value and type(override.value()) is type(value)
+
+
+# --- job side -----------------------------------------------------------------------------------
+
+
+def test_reporter_outside_a_sweep_only_tracks_the_best() -> None:
+    reporter = TrialReporter.from_context(SweepContext())
+    assert not reporter.active
+    for step, score in [(0, 0.1), (10, 0.5), (20, 0.3)]:
+        reporter.report(score, step)
+    assert (reporter.best_score, reporter.best_step) == (0.5, 10)
+    assert numeric_metrics({"eval/dino": 0.5, "best_step": 10, "ok": True, "name": "x"}) == {
+        "eval/dino": 0.5,
+        "best_step": 10,
+    }
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+
+
+def test_study_completes_with_the_jobs_values(tmp_path: Path) -> None:
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2")
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    for t in trials:
+        # a trial's value is its best checkpoint's score, and best_step says which checkpoint that was
+        scores = t.intermediate_values
+        assert sorted(scores) == [0, 10, 20, 30, 40, 50]
+        assert (
+            t.value == max(scores.values()) == scores[t.user_attrs["best_step"]] == t.user_attrs["best_score"]
+        )
+        assert {"eval/dino", "eval/clip_t"} <= set(t.user_attrs)
+        job_cfg = OmegaConf.load(
+            tmp_path / "multirun" / str(t.number) / ".hydra" / "config.yaml"
+        )  # dir = number
+        assert job_cfg.lr == t.params["lr"]  # the sampled float reached the job exactly
+        assert job_cfg.sweep.trial_number == t.number
+    best = max(trials, key=lambda t: t.value)
+    results = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
+    assert (results.best_trial, results.best_value) == (best.number, best.value)
+    assert results.best_step == best.user_attrs["best_step"] and results.best_params == best.params
+
+
+def test_default_storage_is_a_sqlite_file_in_the_sweep_dir(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(APP),
+        "-m",
+        "hydra/sweeper=optuna",
+        f"hydra.sweep.dir={tmp_path}",
+        LR,
+        "hydra.sweeper.n_trials=1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    assert "optuna-dashboard sqlite:///" in proc.stdout + proc.stderr
+    study = optuna.load_study(
+        study_name="app", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
+    )  # name: the job name
+    assert len(study.trials) == 1
+
+
+def test_aggressive_pruner_prunes_worse_curves(tmp_path: Path) -> None:
+    sweep(
+        tmp_path,
+        LR,
+        "decay_per_trial=0.5",  # each trial's curve is 0.5 below the previous one's
+        "hydra.sweeper.n_trials=4",
+        "++hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 1, n_warmup_steps: 0}",
+    )
+    trials = load(tmp_path).trials
+    assert trials[0].state == TrialState.COMPLETE
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and len(trials) == 4
+    for t in pruned:
+        assert max(t.intermediate_values) == 10  # step 0 (the base model) is never pruned on
+        assert t.value == t.intermediate_values[10]  # Optuna keeps the last reported score
+        assert t.user_attrs["best_score"] == max(t.intermediate_values.values())
+
+
+def test_resume_continues_to_the_total(tmp_path: Path) -> None:
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=3")
+    first = [(t.number, t.params, t.value, t.state) for t in load(tmp_path).trials]
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=5")
+    trials = load(tmp_path).trials
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert [(t.number, t.params, t.value, t.state) for t in trials[:3]] == first
+
+
+def test_stale_running_trial_is_failed_and_not_counted(tmp_path: Path) -> None:
+    study = optuna.create_study(
+        study_name="test", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize"
+    )
+    killed = study.ask()  # a trial whose sweeper was killed 10 minutes ago
+    killed.set_user_attr("heartbeat", time.time() - 600)
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=2")
+    trials = load(tmp_path).trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"] is True
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+
+
+def test_ctrl_c_fails_the_running_trial_as_interrupted(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(APP), "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    cmd += [f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.study_name=test", LR]
+    cmd += ["steps=1000000", "eval_every=1"]  # a run far too long to finish
+    job_started = tmp_path / "multirun" / "0" / ".hydra" / "config.yaml"  # the study exists by then
+    with (tmp_path / "sweep.log").open("w") as log:
+        # a background process may inherit an ignored SIGINT: give it the default handler back
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+        try:
+            deadline = time.monotonic() + 60
+            while not job_started.exists() or not any(t.intermediate_values for t in load(tmp_path).trials):
+                assert time.monotonic() < deadline and proc.poll() is None, "the trial never started"
+                time.sleep(0.2)
+            for _ in range(5):  # Python may swallow a KeyboardInterrupt raised in a finalizer: press again
+                proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+                    break
+        finally:
+            proc.kill()
+    assert proc.returncode != 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    [trial] = load(tmp_path).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    assert trial.user_attrs["fail_reason"] == "interrupted: KeyboardInterrupt"
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=1")  # the interrupted trial does not count
+    assert [t.state for t in load(tmp_path).trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    space = "+hydra.sweeper.params.lr={type: float, low: 0.01, high: 1.0}"  # the dict form, end to end
+    sweep(tmp_path, space, "fail_above=0.6", "hydra.sweeper.n_trials=6")
+    trials = load(tmp_path).trials
+    assert len(trials) == 6
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "seed 0 samples lr > 0.6 at least once"
+    for t in trials:
+        assert (t.state == TrialState.FAIL) == (t.params["lr"] > 0.6)
+    assert failed[0].user_attrs["fail_reason"].startswith("RuntimeError: CUDA out of memory (simulated)")
+
+
+def test_too_many_failures_stop_the_sweep(tmp_path: Path) -> None:
+    proc = sweep(
+        tmp_path,
+        LR,
+        "fail_above=0.0",  # every trial fails
+        "hydra.sweeper.n_trials=10",
+        "hydra.sweeper.failure_check_after=3",
+        ok=False,
+    )
+    assert proc.returncode != 0
+    assert "stopping: 3 of 3 trials of this sweep failed, more than max_failure_rate=0.5" in proc.stderr
+    assert len(load(tmp_path).trials) == 3
+
+
+def test_multi_objective_without_pruning(tmp_path: Path) -> None:
+    proc = sweep(
+        tmp_path,
+        LR,
+        "decay_per_trial=0.5",  # would be pruned in a single-objective study
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.directions=[maximize,maximize]",
+        "hydra.sweeper.objectives=[eval/dino,eval/clip_t]",
+        "++hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 1}",
+    )
+    assert "Optuna prunes single-objective studies only" in proc.stdout + proc.stderr
+    study = load(tmp_path)
+    assert len(study.directions) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    for t in study.trials:
+        assert t.values == [t.user_attrs["eval/dino"], t.user_attrs["eval/clip_t"]]
+    assert "pareto_front:" in (tmp_path / "multirun" / "optimization_results.yaml").read_text()
+
+
+def test_grid_sampler_covers_every_combination(tmp_path: Path) -> None:
+    sweep(
+        tmp_path,
+        "opt=choice(adam,sgd)",
+        "batch_size=1,2",
+        "hydra.sweeper.n_trials=10",  # more than the grid: it stops when the grid is done
+        "hydra.sweeper.sampler={_target_: optuna.samplers.GridSampler}",
+        "hydra.sweeper.pruner=null",
+    )
+    trials = load(tmp_path).trials
+    assert {(t.params["opt"], t.params["batch_size"]) for t in trials} == {
+        ("adam", 1),
+        ("adam", 2),
+        ("sgd", 1),
+        ("sgd", 2),
+    }
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_journal_storage(tmp_path: Path) -> None:
+    storage = f"journal://{tmp_path / 'journal.log'}"
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=2", storage=storage)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+    )
+    assert [t.state for t in optuna.load_study(study_name="test", storage=journal).trials] == [
+        TrialState.COMPLETE
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hydra.sweeper.n_trials=2"], "the Optuna search space is empty"),
+        ([LR, "hydra.sweeper.sampler={_target_: optuna.samplers.NoSuchSampler}"], "unknown _target_"),
+        ([LR, "hydra.sweeper.pruner={_target_: builtins.dict}"], "unknown _target_"),
+    ],
+)
+def test_bad_settings_exit_with_a_one_line_error(tmp_path: Path, overrides: list[str], message: str) -> None:
+    proc = sweep(tmp_path, *overrides, ok=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if message in line]
+    assert errors, proc.stderr
+    assert "Traceback" not in proc.stderr
