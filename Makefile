@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo sweep test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
+.PHONY: help install demo sweep report test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -122,6 +122,11 @@ blog-ti-dreambooth: install ## seed 1 epilogue: 2000 textual-inversion steps, th
 lora-figurine: install ## seed 2: LoRA DreamBooth recipe and its 5/15/25-image dataset-size study
 	$(NEED_DATA)
 	$(GRID) lora_figurine $(RECIPE_ARGS)
+
+SWEEP ?= $(lastword $(sort $(wildcard outputs/multiruns/*)))
+
+report: install ## HTML report of a sweep (SWEEP=outputs/multiruns/<date>; default: the newest)
+	$(PY) -m dreambooth_sweep.report $(SWEEP) $(ARGS)
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

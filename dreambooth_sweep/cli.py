@@ -3,6 +3,7 @@
     dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
     dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
     dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
+    dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_wait_for_url)
+
+    from dreambooth_sweep.report import add_cli as add_report_cli
+
+    add_report_cli(sub)  # dreambooth-sweep report SWEEP_DIR | --storage URL --study NAME | RUN_ID
     return parser
 
 
