@@ -141,6 +141,10 @@ class TrainConfig:
     enable_xformers: bool = False  # xformers memory-efficient attention (CUDA)
     num_threads: int | None = None  # torch CPU threads; None: number of cores (never oversubscribed)
     dataloader_workers: int = 0
+    # Work done once (dreambooth_sweep/caches.py); each switch exists for equivalence tests and debugging.
+    cache_latents: bool = True  # VAE latent distribution per fixed view (center crop [± flip]); random crops: off
+    cache_text_embeddings: bool = True  # text-encoder output while the text encoder does not train
+    cache_base_model: bool = True  # keep a pristine copy of the base model for the next trial in this process
 
 
 @dataclass

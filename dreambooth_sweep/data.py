@@ -1,7 +1,9 @@
 """Subject photos, class images and the training dataset (PIL + numpy transforms, no torchvision).
 
 * :func:`load_images` reads a folder: EXIF orientation honoured, RGBA/CMYK/greyscale/16-bit converted
-  to RGB; unreadable files are named and skipped while at least one good image remains.
+  to RGB; unreadable files (empty, not an image, corrupt/truncated, over Pillow's decompression-bomb
+  pixel limit) are named with the reason and skipped while at least one good image remains. Photos
+  smaller than ``data.resolution`` are upscaled with a warning naming them (never rejected).
 * :func:`ensure_class_images` keeps one shared cache of class images per (model, prompt, resolution,
   seed); image *i* always comes from seed ``seed + i``, so asking for more images extends the set and
   asking for fewer reuses a prefix. A file lock makes concurrent workers generate each set once.
@@ -16,7 +18,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreambooth_sweep.config import ConfigError
 
@@ -79,7 +81,7 @@ def load_images(
                 im.load()
                 images.append((path, to_rgb(im)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            skipped.append(f"{path.name} ({type(exc).__name__})")
+            skipped.append(f"{path.name} ({_unreadable_reason(path, exc)})")
             continue
         if max_images is not None and len(images) >= max_images:
             break
@@ -91,6 +93,17 @@ def load_images(
     if skipped:
         warnings.warn(f"skipped unreadable files in {folder}: {', '.join(skipped)}", stacklevel=2)
     return images
+
+
+def _unreadable_reason(path: Path, exc: BaseException) -> str:
+    """Why Pillow could not read ``path``, in a few words."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too many pixels: over Pillow's decompression-bomb limit"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image"
+    return f"corrupt or truncated: {' '.join(str(exc).split())[:80] or type(exc).__name__}"
 
 
 DEMO_DIRNAME = "demo_toy"
@@ -112,7 +125,20 @@ def load_instance_images(data_cfg: Any) -> list[Image.Image]:
         from dreambooth_sweep.demo_data import make_demo_data
 
         make_demo_data(folder)
-    return [im for _, im in load_images(folder, data_cfg.max_images)]
+    images = load_images(folder, data_cfg.max_images)
+    resolution = data_cfg.get("resolution")
+    small = [
+        f"{p.name} ({im.width}x{im.height})" for p, im in images if resolution and min(im.size) < resolution
+    ]
+    if small:
+        # Upscaled, not rejected (consistent with preprocess), but upscaled photos teach the model blur.
+        warnings.warn(
+            f"{len(small)} photo(s) in {folder} are smaller than data.resolution={resolution} px and are "
+            f"upscaled (blurry): {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}; "
+            "use larger photos or a lower data.resolution",
+            stacklevel=2,
+        )
+    return [im for _, im in images]
 
 
 def preprocess(
@@ -145,6 +171,9 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     """Instance examples, each paired with a class example when prior preservation is on.
 
     Length is the larger of the two sets (as in the DreamBooth reference script), cycling the smaller.
+    Each example also names its *view* — ``(stream, image, flipped)``, or None when the crop is random —
+    so the trainer can cache the VAE latents of views augmentation cannot change; views listed in
+    ``cached_views`` come without pixels (no preprocessing for work already done).
     """
 
     def __init__(
@@ -167,6 +196,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         self.random_flip = random_flip
         self.seed = seed
         self.epoch = 0
+        self.cached_views: Container[tuple[int, int, bool]] = frozenset()  # the trainer's latent cache keys
         self.instance_ids = self._tokenize(tokenizer, instance_prompt)
         self.class_ids = self._tokenize(tokenizer, class_prompt) if self.class_images else None
 
@@ -182,28 +212,37 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_images))
 
-    def _view(self, image: Image.Image, index: int, stream: int) -> torch.Tensor:
+    def _view(self, images: list[Image.Image], index: int, stream: int) -> tuple[tuple[int, int, bool] | None, torch.Tensor | None]:
         # Randomness depends only on (seed, epoch, index, stream): identical after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index, stream])
         flip = bool(self.random_flip and rng.random() < 0.5)
-        return preprocess(image, self.resolution, center_crop=self.center_crop, flip=flip, rng=rng)
+        view = (stream, index % len(images), flip) if self.center_crop else None  # random crops: no fixed view
+        if view is not None and view in self.cached_views:
+            return view, None
+        image = images[index % len(images)]
+        return view, preprocess(image, self.resolution, center_crop=self.center_crop, flip=flip, rng=rng)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        item = {
-            "instance_pixels": self._view(self.instance_images[index % len(self.instance_images)], index, 0),
-            "instance_ids": self.instance_ids,
-        }
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        view, pixels = self._view(self.instance_images, index, 0)
+        item = {"instance_pixels": pixels, "instance_view": view, "instance_ids": self.instance_ids}
         if self.class_ids is not None:
-            item["class_pixels"] = self._view(self.class_images[index % len(self.class_images)], index, 1)
-            item["class_ids"] = self.class_ids
+            view, pixels = self._view(self.class_images, index, 1)
+            item.update(class_pixels=pixels, class_view=view, class_ids=self.class_ids)
         return item
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Instance examples first, then class examples: one forward pass, split again for the two losses."""
-    pixels = [it["instance_pixels"] for it in items] + [it["class_pixels"] for it in items if "class_pixels" in it]
-    ids = [it["instance_ids"] for it in items] + [it["class_ids"] for it in items if "class_ids" in it]
-    return {"pixel_values": torch.stack(pixels).float(), "input_ids": torch.stack(ids)}
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Instance examples first, then class examples: one forward pass, split again for the two losses.
+
+    ``pixel_values`` stacks the pixels when every example has them (else None); ``pixels`` and ``views``
+    are per-example lists (a cached view has None for pixels).
+    """
+    classes = [it for it in items if "class_ids" in it]
+    pixels = [it["instance_pixels"] for it in items] + [it["class_pixels"] for it in classes]
+    views = [it.get("instance_view") for it in items] + [it.get("class_view") for it in classes]
+    ids = [it["instance_ids"] for it in items] + [it["class_ids"] for it in classes]
+    stacked = torch.stack(pixels).float() if all(p is not None for p in pixels) else None
+    return {"pixel_values": stacked, "pixels": pixels, "views": views, "input_ids": torch.stack(ids)}
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

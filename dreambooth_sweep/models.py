@@ -69,8 +69,11 @@ def resolve_pretrained(pretrained: str, cache_dir: str | os.PathLike[str]) -> st
 
 def _load_error(what: str, source: str, exc: BaseException) -> ConfigError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    hint = "pass a hub id (needs network access), a local diffusers folder, or model=tiny"
-    if os.path.sep in source or source.startswith("."):
+    hint = (
+        "check the hub id (org/name), network access and HF_TOKEN for gated models, "
+        "or pass a local diffusers folder or model=tiny"
+    )
+    if source.startswith((".", "/", "~")) or Path(source).expanduser().exists():  # a hub id is org/name too
         hint = "check the folder holds a diffusers pipeline (model_index.json, unet/, vae/, ...)"
     return ConfigError(f"cannot load {what} from {source!r} ({type(exc).__name__}: {reason}): {hint}")
 

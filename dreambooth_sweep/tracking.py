@@ -29,8 +29,9 @@ after the sweep, with one *parent* run per sweep and one nested *child* run per 
 
 The parent is found by its tag ``dbs.sweep_id`` or created, under a file lock in ``paths.log_dir``, so
 workers starting together share one parent and re-running a sweep (same study or sweep dir) attaches
-new children to the same parent. Workers without a shared ``paths.log_dir`` should get the parent id
-from the sweeper in ``sweep.parent_run_id`` (see :func:`ensure_parent_run`), which always wins.
+new children to the same parent. Workers on machines without a shared ``paths.log_dir`` (one study,
+one tracking server) settle on the oldest parent if they race to create one; a parent id given in
+``sweep.parent_run_id`` (see :func:`ensure_parent_run`) always wins.
 :meth:`Tracker.log_summary` on a child also updates the parent's ``best/*`` values when the child
 beats them, and logs ``sweep/score`` at step = trial number. A parent is RUNNING while a child runs
 and FINISHED when its last running child ends.
@@ -38,6 +39,10 @@ and FINISHED when its last running child ends.
 **End of run.** Leaving the ``with`` block sets FINISHED; an exception sets FAILED with tag ``error``
 (one line, ``Type: message``); KeyboardInterrupt or SIGTERM sets KILLED; ``optuna.TrialPruned`` is a
 normal outcome: FINISHED with tag ``pruned=true``. Exceptions always propagate.
+A process killed outright (SIGKILL, the kernel's OOM killer, a lost node) cannot end its run: each
+run records its host and process (tags ``dbs.host``, ``dbs.pid``, ``dbs.pid_start``, ``dbs.pid_ns``), and every job
+attaching to a sweep's parent closes the children left RUNNING by a dead process or whose Optuna trial
+has already finished (:func:`close_stale_runs`: KILLED, or the trial's outcome, tag ``dbs.stale_reason``).
 
 **Off the hot path.** Every call only appends an item to an in-memory queue (microseconds); one
 background thread per run delivers them in order, gathering metrics for ``BATCH_WINDOW_S`` into one
@@ -64,10 +69,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -89,6 +96,7 @@ __all__ = [
     "RunPlan",
     "Terminated",
     "Tracker",
+    "close_stale_runs",
     "default_uri",
     "ensure_parent_run",
     "find_or_create_parent_run",
@@ -357,7 +365,14 @@ def _experiment_id(client: Any, name: str, uri: str, log_dir: Path) -> str:
         return exp.experiment_id
     root = _artifact_root(uri, log_dir)
     location = (root / _slug(name)).as_uri() if root is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        # Another machine (no shared lock file) created it a moment ago: use theirs.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def find_or_create_parent_run(
@@ -372,22 +387,54 @@ def find_or_create_parent_run(
     """The id of the sweep's parent run (tag ``dbs.sweep_id``), created if missing.
 
     Search and creation happen under a file lock, so processes sharing ``lock_path`` never create two
-    parents. The oldest matching parent wins if one was created elsewhere without the lock.
+    parents. Workers on different machines (no shared lock file) may race: each one that created a
+    parent looks again, and all settle on the oldest (earliest start time, then smallest id); a
+    creator whose parent lost deletes it before any child could use it.
     """
+    with _file_lock(Path(lock_path)):
+        found = _parents(client, experiment_id, sweep_id)
+        if found:
+            return found[0]
+        all_tags = {**(tags or {}), TAG_SWEEP_ID: sweep_id, TAG_ROLE: "parent"}
+        mine = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+        oldest = _parents(client, experiment_id, sweep_id)[0]
+        if oldest != mine:
+            client.delete_run(mine)
+        return oldest
+
+
+def _parents(client: Any, experiment_id: str, sweep_id: str) -> list[str]:
+    """Ids of the live parent runs of a sweep, oldest first."""
     from mlflow.entities import ViewType
 
-    with _file_lock(Path(lock_path)):
-        found = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'parent'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
-        )
-        if found:
-            return found[0].info.run_id
-        all_tags = {**(tags or {}), TAG_SWEEP_ID: sweep_id, TAG_ROLE: "parent"}
-        return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = 'parent'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time ASC"],
+        max_results=50,
+    )
+    found.sort(key=lambda r: (r.info.start_time, r.info.run_id))
+    return [r.info.run_id for r in found]
+
+
+def _process_tags() -> dict[str, str]:
+    """Which process runs this run: lets a later job tell a live run from one left by a dead process."""
+    pid = os.getpid()
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(pid),
+        TAG_PID_START: _process_start(pid) or "",
+        TAG_PID_NS: _pid_namespace(),
+    }
+
+
+def _pid_namespace() -> str:
+    """Linux PID namespace: containers sharing a hostname (``--network host``) still see different pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _git_commit() -> tuple[str, bool] | None:
@@ -434,7 +481,12 @@ def _server_answers(uri: str) -> bool:
 
 
 def _connect(uri: str, log_dir: Path) -> Any:
-    """An MlflowClient for ``uri``; an unreachable http server fails here, fast, with one line."""
+    """An MlflowClient for ``uri``; an unreachable http server fails here, fast, with one line.
+
+    A database store creates or migrates its schema on first use; parallel jobs on one machine
+    (joblib, submitit_local) would race doing so ("table _alembic_tmp_... already exists"), so the
+    first query runs under the file lock in ``log_dir``.
+    """
     if _is_http(uri):
         # We retry ourselves (see the module docstring): no minutes of per-request backoff in MLflow.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -445,7 +497,12 @@ def _connect(uri: str, log_dir: Path) -> Any:
     from mlflow import MlflowClient
 
     try:
-        return MlflowClient(tracking_uri=uri)
+        if _is_http(uri):
+            return MlflowClient(tracking_uri=uri)
+        with _file_lock(log_dir / "mlflow.lock"):
+            client = MlflowClient(tracking_uri=uri)  # opens the store: creates/migrates the schema
+            client.search_experiments(max_results=1)
+        return client
     except Exception as e:
         raise _setup_error(uri, e) from e
 
@@ -459,19 +516,30 @@ def _setup_error(uri: str, exc: Exception) -> ConfigError:
     )
 
 
-def _locate(client: Any, plan: RunPlan, uri: str, log_dir: Path) -> tuple[str, str | None]:
-    """(experiment id, parent run id or None) of a run planned by :func:`plan_run`."""
+def _locate(
+    client: Any, plan: RunPlan, uri: str, log_dir: Path, storage: str | None = None
+) -> tuple[str, str | None]:
+    """(experiment id, parent run id or None) of a run planned by :func:`plan_run`.
+
+    Attaching to a parent also closes its children that a dead process left RUNNING
+    (:func:`close_stale_runs`; ``storage`` is the sweep's Optuna storage URL).
+    """
     if plan.parent_run_id:
-        return client.get_run(plan.parent_run_id).info.experiment_id, plan.parent_run_id
-    lock = log_dir / "mlflow.lock"
-    with _file_lock(lock):
-        experiment_id = _experiment_id(client, plan.experiment, uri, log_dir)
-    if not plan.sweep_id:
-        return experiment_id, None
-    parent_tags = {k: v for k, v in plan.tags.items() if k.startswith("optuna.study")}
-    parent = find_or_create_parent_run(
-        client, experiment_id, plan.sweep_id, name=plan.sweep_name, lock_path=lock, tags=parent_tags
-    )
+        experiment_id, parent = client.get_run(plan.parent_run_id).info.experiment_id, plan.parent_run_id
+    else:
+        lock = log_dir / "mlflow.lock"
+        with _file_lock(lock):
+            experiment_id = _experiment_id(client, plan.experiment, uri, log_dir)
+        if not plan.sweep_id:
+            return experiment_id, None
+        parent_tags = {k: v for k, v in plan.tags.items() if k.startswith("optuna.study")}
+        parent = find_or_create_parent_run(
+            client, experiment_id, plan.sweep_id, name=plan.sweep_name, lock_path=lock, tags=parent_tags
+        )
+    try:
+        close_stale_runs(client, parent, storage=storage)
+    except Exception as e:  # housekeeping must never stop a new run
+        log.warning("MLflow: could not check parent %s for stale runs: %s", parent, _one_line(e, 300))
     return experiment_id, parent
 
 
@@ -490,9 +558,135 @@ def ensure_parent_run(cfg: DictConfig) -> str | None:
     uri, log_dir = resolve_uri(cfg), Path(cfg.paths.log_dir).expanduser().resolve()
     client = _connect(uri, log_dir)
     try:
-        return _locate(client, plan, uri, log_dir)[1]
+        return _locate(client, plan, uri, log_dir, cfg.sweep.storage)[1]
     except Exception as e:
         raise _setup_error(uri, e) from e
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs left RUNNING by a process that died (SIGKILL, the kernel's OOM killer, a lost node)
+
+TAG_HOST = "dbs.host"
+TAG_PID = "dbs.pid"
+TAG_PID_START = "dbs.pid_start"  # the process's start time: a reused pid is not taken for the same process
+TAG_PID_NS = "dbs.pid_ns"  # the PID namespace: pids are only comparable within one
+TAG_STALE = "dbs.stale_reason"
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` as a string ("" if unknown), or None when no such process lives."""
+    try:
+        import psutil
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, owned by someone else
+            pass
+        return ""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, only not reaped by its parent yet
+            return None
+        return f"{proc.create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return ""
+
+
+def _process_gone(tags: Mapping[str, str]) -> bool:
+    """True when the run was started on this machine by a process that no longer lives."""
+    same_machine = tags.get(TAG_HOST) == socket.gethostname() and tags.get(TAG_PID_NS, "") == _pid_namespace()
+    if not same_machine or not tags.get(TAG_PID, "").isdigit():
+        return False
+    started = _process_start(int(tags[TAG_PID]))
+    return started is None or bool(started and tags.get(TAG_PID_START) and started != tags[TAG_PID_START])
+
+
+@functools.cache
+def _optuna_storage(url: str) -> Any:
+    from dreambooth_sweep.sweep import open_storage
+
+    return open_storage(url)
+
+
+def _finished_trial(tags: Mapping[str, str], storage: str | None) -> Any | None:
+    """The run's Optuna trial (FrozenTrial) if it has finished, else None."""
+    study, number = tags.get("optuna.study_name"), tags.get("optuna.trial_number", "")
+    if not (storage and study and number.isdigit()):
+        return None
+    store = _optuna_storage(storage)
+    study_id = store.get_study_id_from_name(study)
+    trial = store.get_trial(store.get_trial_id_from_study_id_trial_number(study_id, int(number)))
+    return trial if trial.state.is_finished() else None
+
+
+def _stale_verdict(tags: Mapping[str, str], storage: str | None) -> tuple[str, dict[str, str]] | None:
+    """(status, tags) to close a RUNNING run with, or None while something may still be running it."""
+    gone = _process_gone(tags)
+    trial = _finished_trial(tags, storage)
+    if trial is not None:
+        state = trial.state.name
+        if state == "FAIL":
+            reason = str(trial.user_attrs.get("fail_reason") or "the trial failed")
+            status = "KILLED" if gone or trial.user_attrs.get("interrupted") else "FAILED"
+            return status, {TAG_STALE: f"Optuna trial {trial.number} is FAIL", "error": reason}
+        extra = {"pruned": "true"} if state == "PRUNED" else {}
+        return "FINISHED", {
+            TAG_STALE: f"Optuna trial {trial.number} is {state}; the run's end was lost",
+            **extra,
+        }
+    if gone:
+        reason = (
+            f"process {tags[TAG_PID]} on {tags[TAG_HOST]} ended without closing the run "
+            "(SIGKILL, out of host memory, or a lost node)"
+        )
+        return "KILLED", {TAG_STALE: reason, "error": reason}
+    return None
+
+
+def close_stale_runs(client: Any, parent_run_id: str, *, storage: str | None = None) -> list[str]:
+    """Close the children of a sweep's parent that are RUNNING although nothing runs them any more.
+
+    A child is stale when its Optuna trial has finished (then its status follows the trial: COMPLETE
+    or PRUNED → FINISHED; FAIL → KILLED when the sweeper failed it as interrupted or its process is
+    gone, else FAILED, with the trial's ``fail_reason`` as tag ``error``), or when it was started on this
+    machine by a process that no longer lives (KILLED). Every job attaching to the parent calls this,
+    so a resumed or continuing sweep cleans up after a killed worker. Returns the closed run ids.
+
+    Args:
+        client: an MlflowClient.
+        parent_run_id: the sweep's parent run.
+        storage: the sweep's Optuna storage URL (``sweep.storage``); None: only the process check.
+    """
+    from mlflow.entities import RunTag
+
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    closed = []
+    for run in running:
+        verdict = _stale_verdict(run.data.tags, storage)
+        if verdict is None:
+            continue
+        status, tags = verdict
+        run_id = run.info.run_id
+        client.log_batch(run_id, tags=[RunTag(k, _tag_value(v)) for k, v in tags.items()])
+        client.set_terminated(run_id, status=status)
+        log.warning(
+            "MLflow run %s (%s) was left RUNNING: now %s (%s)",
+            run_id,
+            run.info.run_name,
+            status,
+            tags[TAG_STALE],
+        )
+        closed.append(run_id)
+    return closed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -773,7 +967,9 @@ class Tracker:
     def _open(self) -> None:
         self._client = _connect(self.uri, self.log_dir)
         try:
-            self.experiment_id, self.parent_run_id = _locate(self._client, self.plan, self.uri, self.log_dir)
+            self.experiment_id, self.parent_run_id = _locate(
+                self._client, self.plan, self.uri, self.log_dir, self.cfg.sweep.storage
+            )
             self._create_run()
         except Exception as e:
             raise _setup_error(self.uri, e) from e
@@ -805,6 +1001,7 @@ class Tracker:
             tags[TAG_GIT_COMMIT] = git[0]
             tags["dbs.git_dirty"] = str(git[1]).lower()
         tags.update(plan.tags)
+        tags.update(_process_tags())
         tags.update(
             {
                 "method": cfg.method.name,
@@ -1123,11 +1320,21 @@ def start_tracking(
             ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is not false).
 
     Returns:
-        A :class:`Tracker`, or a :class:`NullTracker` when ``tracking.backend`` is ``none``.
+        A :class:`Tracker`, or a :class:`NullTracker` when ``tracking.backend`` is ``none`` or in the
+        processes of a multi-GPU launch other than rank 0 (env ``RANK``): one MLflow run per trial.
     """
     backend = str(cfg.tracking.backend).lower()
-    if backend == "none":
-        return NullTracker()
-    if backend != "mlflow":
+    if backend not in ("mlflow", "none"):
         raise ConfigError(f"unknown tracking.backend={backend!r}: choose mlflow or none")
+    if backend == "none" or _process_rank() != 0:  # one run per trial, however many GPUs train it
+        return NullTracker()
     return Tracker(cfg, flush_timeout=flush_timeout, system_metrics=system_metrics)
+
+
+def _process_rank() -> int:
+    """This process's rank in a multi-process launch (``accelerate launch``, torchrun, MPI); 0 alone."""
+    for var in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0

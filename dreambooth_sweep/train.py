@@ -47,9 +47,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dreambooth_sweep import data as data_lib
+from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments
 from dreambooth_sweep.config import ConfigError, register_configs, validate
 from dreambooth_sweep.methods import Method, build_method
-from dreambooth_sweep.models import Components, build_pipeline, load_components
+from dreambooth_sweep.models import Components, build_pipeline, load_components, resolve_pretrained
 
 log = logging.getLogger("dreambooth_sweep.train")
 
@@ -190,6 +191,28 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+# ----------------------------------------------------------------------------- base model
+
+
+def load_base_model(cfg: DictConfig) -> Components:
+    """The base model's components, loaded once per process when trials share it.
+
+    Trials run one after another in one process (Hydra's basic launcher, the Optuna sweeper) each get a
+    pristine, fingerprint-checked copy from :data:`~dreambooth_sweep.caches.BASE_MODELS`; a single
+    ``python -m dreambooth_sweep.train`` run keeps no spare copy (no later trial could use it).
+    """
+    m = cfg.model
+
+    def load() -> Components:
+        return load_components(m, cfg.paths.cache_dir)
+
+    if not cfg.train.cache_base_model:
+        return load()
+    single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+    key = (resolve_pretrained(m.pretrained, cfg.paths.cache_dir), m.revision, m.variant)
+    return BASE_MODELS.get(key, load, keep=not single_run)
+
+
 # ----------------------------------------------------------------------------- class images
 
 
@@ -245,6 +268,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from diffusers.training_utils import EMAModel, compute_snr
     from tqdm.auto import tqdm
 
@@ -272,7 +296,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         # 2. The base model, and what the method trains of it: new tokens / LoRA adapters are added,
         # everything else is frozen. Frozen modules run in the mixed-precision dtype; trainable
         # weights stay fp32 (accelerate autocasts).
-        comps = load_components(cfg.model, cfg.paths.cache_dir)
+        comps = load_base_model(cfg)
         method = build_method(cfg)
         method.setup(comps, device, weight_dtype)
         unet, text_encoder, vae, tokenizer = comps.unet, comps.text_encoder, comps.vae, comps.tokenizer
@@ -320,6 +344,15 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=t.batch_size, sampler=sampler, collate_fn=data_lib.collate, num_workers=t.dataloader_workers
         )
+        # Work done once, not every step (caches.py): the VAE's latent distribution of each fixed view
+        # (center crop, flipped or not), and the frozen text encoder's output for the prompts.
+        latent_cache = None
+        if t.cache_latents and cfg.data.center_crop:
+            latent_cache = LatentCache(vae)
+            dataset.cached_views = latent_cache.keys  # cached views skip preprocessing
+        elif t.cache_latents:
+            log.info("data.center_crop=false: random crops are VAE-encoded every step (no latent cache)")
+        text_cache = TextEmbeddingCache() if t.cache_text_embeddings else None
         trained = [m for m, on in ((unet, method.trains_unet), (text_encoder, method.trains_text_encoder)) if on]
         *trained, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
         if method.trains_unet:
@@ -400,9 +433,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     continue
                 models = [m for m, on in ((unet, method.unet_active), (text_encoder, method.text_encoder_active)) if on]
                 with accelerator.accumulate(*models):
-                    pixels = batch["pixel_values"].to(device, dtype=weight_dtype)
                     with torch.no_grad():
-                        latents = vae.encode(pixels).latent_dist.sample(generator=noise_gen)
+                        if latent_cache is not None:
+                            moments = latent_cache.moments(batch["views"], batch["pixels"], device, weight_dtype)
+                        else:
+                            moments = encode_moments(vae, batch["pixel_values"].to(device, dtype=weight_dtype))
+                        # A fresh sample of each image's latent distribution every step, cached or not.
+                        latents = DiagonalGaussianDistribution(moments).sample(generator=noise_gen)
                         latents = latents.float() * vae.config.scaling_factor
                     noise = torch.randn(latents.shape, generator=noise_gen, device=device)
                     if t.noise_offset:
@@ -417,8 +454,14 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     # unwrapped (no DDP sync of weights that do not train) under the mixed-precision autocast.
                     denoiser = unet if method.unet_active else accelerator.unwrap_model(unet)
                     with accelerator.autocast():
-                        with nullcontext() if method.text_encoder_active else torch.no_grad():
-                            encoder_states = text_encoder(input_ids)[0]
+                        if method.text_encoder_active or text_cache is None:
+                            if text_cache is not None:
+                                text_cache.clear()  # its weights move in this step: cached states go stale
+                            with nullcontext() if method.text_encoder_active else torch.no_grad():
+                                encoder_states = text_encoder(input_ids)[0]
+                        else:  # frozen text encoder, same prompt ids every step: encoded once
+                            with torch.no_grad():
+                                encoder_states = text_cache.get(batch["input_ids"], lambda: text_encoder(input_ids)[0])
                         pred = denoiser(noisy, timesteps, encoder_states).sample
                     if prediction_type == "epsilon":
                         target = noise
@@ -506,7 +549,9 @@ def _make_optimizer(t: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.
                 f"train.optimizer=adamw8bit needs a working bitsandbytes ({type(exc).__name__}: {exc}): "
                 "install bitsandbytes for your CUDA, or use train.optimizer=adamw"
             ) from exc
-    return torch.optim.AdamW(groups, **kwargs)
+    # One fused kernel per step instead of a dozen ops per tensor (torch's CPU and CUDA kernels).
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, **kwargs, fused=fused or None)
 
 
 @contextmanager

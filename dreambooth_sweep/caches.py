@@ -1,0 +1,198 @@
+"""Work done once instead of once per step or once per trial.
+
+* :class:`BaseModelCache` — the base model's components, loaded with ``from_pretrained`` once per
+  process and handed to every trial that runs in it (Hydra's basic launcher and the Optuna sweeper run
+  trials one after another in one process) as a *pristine deep copy*: what a trial trains is its own
+  copy, and a fingerprint taken at load time is checked on every copy handed out.
+* :class:`LatentCache` — the VAE's latent *distribution* (the encoder's mean and log-variance) of
+  every view of a training image that augmentation cannot change: with center crops each image has
+  one view, with ``data.random_flip`` two (flipped or not); random crops are encoded every step. The
+  loop still *samples* the latents from that distribution with its own generator each step, so a run
+  with the cache is bit-identical to one without.
+* :class:`TextEmbeddingCache` — the text encoder's output for the batch's prompt ids (instance prompt,
+  then class prompt: the same ids every step) while the text encoder does not train; any step in which
+  it trains (text-encoder fine-tuning, LoRA on it, textual inversion) empties the cache.
+
+Class images for prior preservation have their own on-disk cache shared by every process
+(:func:`dreambooth_sweep.data.ensure_class_images`), and the metric models theirs
+(:mod:`dreambooth_sweep.metrics`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BASE_MODELS",
+    "BaseModelCache",
+    "LatentCache",
+    "TextEmbeddingCache",
+    "encode_moments",
+    "fingerprint",
+]
+
+log = logging.getLogger("dreambooth_sweep.caches")
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+def fingerprint(components: Any) -> str:
+    """A cheap checksum of a model's weights and vocabulary.
+
+    Every tensor of the text encoder, VAE and UNet contributes its name, shape, dtype, float64 sum and
+    an evenly strided sample of its values; the tokenizer its length. Any optimizer step, added token
+    or resized embedding changes it. Costs one pass over the weights (a fraction of a second for SD-1.5).
+    """
+    digest = hashlib.sha256(f"tokens={len(components.tokenizer)}".encode())
+    for part in ("text_encoder", "vae", "unet"):
+        for name, tensor in getattr(components, part).state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
+            total = flat.sum(dtype=torch.float64).item() if flat.is_floating_point() else int(flat.sum())
+            digest.update(f"{part}.{name}{tuple(tensor.shape)}{tensor.dtype}{total!r}".encode())
+            digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class _Entry:
+    components: Any  # never handed out: trials get deep copies
+    fingerprint: str
+
+
+class BaseModelCache:
+    """Loaded base models, one at a time, keyed by (resolved source, revision, variant).
+
+    ``get`` returns a deep copy of the pristine components and checks the copy's :func:`fingerprint`
+    against the one taken right after loading: a trial can never start from weights an earlier trial
+    trained. ``loads`` and ``hits`` count what happened (tests and the benchmark read them).
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[Hashable, _Entry] | None = None
+        self._lock = threading.Lock()
+        self.loads = 0
+        self.hits = 0
+
+    def get(self, key: Hashable, load: Callable[[], Any], *, keep: bool = True) -> Any:
+        """Components for ``key``: from the cache (a verified copy) or from ``load()``.
+
+        Args:
+            key: what identifies the base model.
+            load: loads the components (``models.load_components``).
+            keep: keep a pristine copy for later calls. False returns the loaded components themselves
+                and drops whatever was cached (a single run has no later trial to save work for).
+        """
+        with self._lock:
+            if self._entry is not None and self._entry[0] == key:
+                self.hits += 1
+                entry = self._entry[1]
+                handed = copy.deepcopy(entry.components)
+                if fingerprint(handed) != entry.fingerprint:
+                    self._entry = None
+                    raise RuntimeError(
+                        f"the cached base model {key} no longer matches the weights it was loaded with: "
+                        "dropped from the cache; run again"
+                    )
+                log.info("base model reused from this process's cache (%d loads, %d reuses)", self.loads, self.hits)
+                return handed
+            self._entry = None  # one base model at a time: a sweep over models must not pile them up
+            loaded = load()
+            self.loads += 1
+            if not keep:
+                return loaded
+            self._entry = (key, _Entry(loaded, fingerprint(loaded)))
+            return copy.deepcopy(loaded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entry = None
+
+
+BASE_MODELS = BaseModelCache()  # the process's cache
+
+
+# ----------------------------------------------------------------------------- latents
+
+
+def encode_moments(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE encoder's output (mean and log-variance, stacked on dim 1) of each image in ``pixels``.
+
+    One image at a time, so that an image's moments never depend on which images share its batch
+    (batched convolutions may round differently): cached and freshly encoded latents are bit-identical.
+    """
+    return torch.cat([vae.encode(x).latent_dist.parameters for x in pixels.split(1)])
+
+
+class LatentCache:
+    """Encoder moments per deterministic view (``DreamBoothDataset`` names them), filled on first use.
+
+    ``keys`` is a plain set the dataset reads to skip preprocessing the views already cached.
+    """
+
+    def __init__(self, vae: Any) -> None:
+        self.vae = vae
+        self.keys: set[Hashable] = set()
+        self._moments: dict[Hashable, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._moments)
+
+    def moments(self, views: Sequence[Hashable | None], pixels: Sequence[torch.Tensor | None], device: Any, dtype: Any) -> torch.Tensor:
+        """Moments of a batch: cached views looked up, the others encoded (and cached when deterministic).
+
+        Args:
+            views: one key per example; None for a view augmentation made random (never cached).
+            pixels: the example's pixels, or None for a view the dataset knew to be cached.
+        """
+        rows = []
+        for view, pix in zip(views, pixels, strict=True):
+            row = self._moments.get(view) if view is not None else None
+            if row is None:
+                if pix is None:
+                    raise RuntimeError(f"view {view} has neither cached latents nor pixels")
+                row = encode_moments(self.vae, pix[None].to(device, dtype=dtype))[0]
+                if view is not None:
+                    self._moments[view] = row
+                    self.keys.add(view)
+            rows.append(row)
+        return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------- text embeddings
+
+
+class TextEmbeddingCache:
+    """The text encoder's output per batch of prompt ids, valid while the text encoder is frozen.
+
+    The whole batch is the key (instance prompts first, then class prompts: the same every step, plus
+    a shorter last batch at most), so a cached output is exactly what the encoder would compute now.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[tuple[int, ...], bytes], torch.Tensor] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def clear(self) -> None:
+        self._states.clear()
+
+    def get(self, input_ids: torch.Tensor, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes())
+        states = self._states.get(key)
+        if states is None:
+            states = self._states[key] = encode()
+        else:
+            self.hits += 1
+        return states

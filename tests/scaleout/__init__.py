@@ -1,0 +1,1 @@
+"""Real services for the scale-out and fault tests: PostgreSQL, an MLflow server, worker processes."""
