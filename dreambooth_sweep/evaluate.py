@@ -543,4 +543,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from dreambooth_sweep.config import run_hydra_entry
+
+    run_hydra_entry(main, "dreambooth_sweep.evaluate")

@@ -389,8 +389,27 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         last_metrics: dict[str, float] = {}
 
         def evaluate(step: int, final: bool) -> None:
+            """Only rank 0 samples, scores and asks the pruner; every other rank follows its decision."""
             if eval_hook is None:
                 return
+            import optuna
+
+            stop: optuna.TrialPruned | None = None
+            if accelerator.is_main_process:
+                try:
+                    _evaluate_main(step, final)
+                except optuna.TrialPruned as exc:
+                    stop = exc
+            if accelerator.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                decision = broadcast_object_list([stop is not None])
+                if decision[0] and stop is None:
+                    stop = optuna.TrialPruned(f"pruned at step {step} (decided on the main process)")
+            if stop is not None:
+                raise stop
+
+        def _evaluate_main(step: int, final: bool) -> None:
             from dreambooth_sweep.evaluate import EvalContext
 
             live_unet = accelerator.unwrap_model(unet)
@@ -531,7 +550,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             if cfg.tracking.log_model:
                 tracker.log_artifact(model_dir, artifact_path="model")
         tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"]})
-        (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+        if accelerator.is_main_process:
+            (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
         accelerator.end_training()
     log.info("done: results in %s (metrics.json, samples/, model/)", out)
     return results
@@ -620,4 +640,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from dreambooth_sweep.config import run_hydra_entry
+
+    run_hydra_entry(main, "dreambooth_sweep.train")

@@ -87,3 +87,21 @@ def test_eval_scheduler_names_match_the_model_layer() -> None:
     from dreambooth_sweep.models import SCHEDULERS
 
     assert set(EVAL_SCHEDULERS) == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("train.learning_rate=1e-6", ["train.learning_rate", "spelling"]),
+        ("train.max_steps=abc", ["train.max_steps=abc", "Integer"]),
+        ("model=sd99", ["model/sd99", "sd15 sd21 tiny"]),
+    ],
+)
+def test_compose_errors_fold_into_one_line_with_a_fix(override: str, needles: list[str]) -> None:
+    from dreambooth_sweep.config import compose_error_line
+
+    with pytest.raises(Exception) as info:
+        compose_config([override])
+    line = compose_error_line(info.value)
+    assert "\n" not in line and all(n in line for n in needles), line
+    assert "+train" not in line  # Hydra's hint would add the typo instead of fixing it
