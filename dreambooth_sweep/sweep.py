@@ -16,6 +16,8 @@ import contextlib
 import logging
 import math
 import numbers
+import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,13 +43,30 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url.removeprefix(JOURNAL_PREFIX)).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    storage = _rdb_storage(url, engine_kwargs)
     if not url.startswith("sqlite"):
-        return optuna.storages.RDBStorage(url)
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return storage
     # WAL is a property of the file: set once, kept. Busy elsewhere right now: the next opener sets it.
     with contextlib.suppress(sqlalchemy.exc.OperationalError), storage.engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _rdb_storage(
+    url: str, engine_kwargs: dict[str, Any] | None, attempts: int = 5
+) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, retried: workers opening a fresh database at the same instant race to create
+    Optuna's tables (SQLite: "table studies already exists", PostgreSQL: a duplicate pg_type row)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if attempt == attempts:
+                raise
+            log.debug("opening the Optuna storage (attempt %d of %d): %s", attempt, attempts, e)
+            time.sleep(0.2 + random.uniform(0, 1))
+    raise AssertionError("unreachable")
 
 
 _job_storages: dict[str, optuna.storages.BaseStorage] = {}

@@ -10,7 +10,7 @@
 | tracking server unreachable at start          | test_bad_input.py::test_cli_errors_exit_non_zero_with_one_line   |
 | tracking server lost mid-run                  | test_tracking.py::test_server_run_survives_losing_the_server     |
 | 4 workers on one SQLite / journal study       | test_four_workers_one_study (slow)                               |
-| 4 workers creating a fresh SQLite study       | test_four_workers_on_a_fresh_sqlite_file (slow, xfail: see there) |
+| 4 workers creating a fresh SQLite study       | test_four_workers_on_a_fresh_sqlite_file (slow)                  |
 | disk full while saving                        | test_bad_input.py::test_disk_full_*, test_a_really_full_disk     |
 """
 
@@ -346,12 +346,6 @@ def test_four_workers_one_study(tmp_path: Path, backend: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="workers opening a fresh RDB storage at the same instant race creating Optuna's tables "
-    "('table studies already exists'); fix: dreambooth_sweep.sweep.open_storage retries RDBStorage() "
-    "a few times on SQLAlchemyError",
-    strict=False,
-)
 def test_four_workers_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     cmd = [

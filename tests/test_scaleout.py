@@ -175,11 +175,6 @@ def test_concurrent_workers_lose_and_duplicate_nothing(two_worker_study) -> None
     assert not any("database is locked" in log for log in s.logs)
 
 
-@pytest.mark.xfail(
-    reason="the sweeper counts only finished trials, so each concurrent worker may start one trial more "
-    "than n_trials allows (a fix counts the other workers' live RUNNING trials)",
-    strict=False,
-)
 def test_concurrent_workers_stop_at_exactly_n_trials(two_worker_study) -> None:
     assert len(two_worker_study.study.trials) == two_worker_study.n_trials
 

@@ -22,9 +22,13 @@ from optuna.trial import TrialState
 from dreambooth_sweep.config import SweepContext
 from dreambooth_sweep.sweep import TrialReporter, numeric_metrics
 from hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper import (
+    STORAGE_ENV,
+    OptunaSweeper,
     SweepError,
+    _hide_password,
     format_value,
     grid_search_space,
+    job_storage_override,
     parse_search_space,
 )
 
@@ -366,3 +370,80 @@ def test_bad_settings_exit_with_a_one_line_error(tmp_path: Path, overrides: list
     errors = [line for line in proc.stderr.splitlines() if message in line]
     assert errors, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- unit checks of the sweeper's helpers -----------------------------------------------------------
+
+
+def _sweeper(n_trials: int) -> OptunaSweeper:
+    return OptunaSweeper(
+        study_name="unit", storage=None, direction="maximize", directions=None, objective="objective",
+        objectives=None, n_trials=n_trials, n_jobs=1, seed=0, max_failure_rate=1.0, failure_check_after=1,
+        heartbeat_interval=60, sampler=None, pruner=None, params=None,
+    )  # fmt: skip
+
+
+def test_storage_password_goes_to_the_environment_not_to_job_overrides() -> None:
+    url, env = "postgresql://u:secret@127.0.0.1:1/db", {}
+    override = job_storage_override(url, env)
+    assert "secret" not in override and env == {STORAGE_ENV: url}
+    assert override == "sweep.storage=${oc.env:DBS_SWEEP_STORAGE}"
+    cfg = OmegaConf.create({"storage": override.partition("=")[2]})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(STORAGE_ENV, url)
+        assert cfg.storage == url  # what the job reads
+    env = {}
+    assert job_storage_override("sqlite:////tmp/o.db", env) == "sweep.storage=sqlite:////tmp/o.db"
+    assert env == {}
+    assert _hide_password(url) == "postgresql://u:***@127.0.0.1:1/db"
+    assert _hide_password("sqlite:////tmp/o.db") == "sqlite:////tmp/o.db"
+
+
+def test_a_trial_beyond_n_trials_is_given_back_as_surplus() -> None:
+    sweeper = _sweeper(n_trials=2)
+    study = optuna.create_study(direction="maximize")
+    space = {"lr": FloatDistribution(0.01, 1.0)}
+    study.tell(study.ask(space), 1.0)
+    other = study.ask(space)  # another worker's live trial
+    other.set_user_attr("heartbeat", time.time())
+    assert [t.number for t in sweeper._live_running(study)] == [1]
+    assert sweeper._ask(study, space, 1) == []  # 1 finished + 1 live + this one > n_trials
+    surplus = study.trials[2]
+    assert surplus.state == TrialState.FAIL
+    assert surplus.user_attrs["interrupted"] is True and surplus.user_attrs["reason"] == "surplus"
+    assert sweeper._count_finished(study) == 1
+    other.set_user_attr("heartbeat", time.time() - 600)  # its worker died: no longer counted
+    assert sweeper._live_running(study) == []
+    assert [t.number for t in sweeper._ask(study, space, 1)] == [3]
+
+
+def test_a_failed_job_s_traceback_is_not_kept(tmp_path: Path) -> None:
+    """A failed or pruned trial's exception must not keep train()'s frames (its model, its GPU memory)."""
+    import weakref
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    class Model:
+        pass
+
+    def train(kind: type[BaseException]) -> tuple[BaseException, weakref.ref]:
+        model = Model()
+        try:
+            raise kind("CUDA out of memory")
+        except kind as e:
+            return e, weakref.ref(model)
+
+    sweeper = _sweeper(n_trials=3)
+    study = optuna.create_study(
+        study_name="unit", storage=f"sqlite:///{tmp_path / 'o.db'}", direction="maximize"
+    )
+    sweeper.storage_obj, sweeper.study_id = study._storage, study._study_id
+    for kind in (RuntimeError, optuna.TrialPruned):
+        trial = study.ask({"lr": FloatDistribution(0.01, 1.0)})
+        error, model = train(kind)
+        assert model() is not None  # held by the traceback's frame
+        result = JobReturn(status=JobStatus.FAILED, _return_value=error)
+        del error
+        sweeper._record(study, trial, result)
+        assert model() is None and result._return_value.__traceback__ is None
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.PRUNED]

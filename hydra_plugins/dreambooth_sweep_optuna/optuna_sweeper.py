@@ -24,6 +24,7 @@ import gc
 import inspect
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -48,7 +49,15 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from dreambooth_sweep.sweep import JOURNAL_PREFIX, numeric_metrics, open_storage, release_job_storages
 
-__all__ = ["OptunaSweeper", "SweepError", "format_value", "grid_search_space", "parse_search_space"]
+__all__ = [
+    "STORAGE_ENV",
+    "OptunaSweeper",
+    "SweepError",
+    "format_value",
+    "grid_search_space",
+    "job_storage_override",
+    "parse_search_space",
+]
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +282,40 @@ def _build(what: str, cfg: Any, base: type, defaults: Mapping[str, Callable[[], 
         raise SweepError(f"hydra.sweeper.{what}: {target}: {_one_line(e.__cause__ or e)}") from None
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]+@")
+
+# Where jobs read a storage URL that carries a password (see job_storage_override).
+STORAGE_ENV = "DBS_SWEEP_STORAGE"
+
+
 def _hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+def job_storage_override(url: str, environ: Any = os.environ) -> str:
+    """The ``sweep.storage`` override of every job.
+
+    Hydra writes overrides to its launcher log line and to each job's ``.hydra/*.yaml``: a URL with a
+    password goes to the environment variable ``DBS_SWEEP_STORAGE`` instead (set here in ``environ``,
+    which in-process and local launchers pass on to their jobs; a remote launcher's workers need it
+    set themselves), and the override is the literal interpolation ``${oc.env:DBS_SWEEP_STORAGE}``.
+    """
+    if not _URL_PASSWORD.search(url):
+        return f"sweep.storage={format_value(url)}"
+    environ[STORAGE_ENV] = url
+    return f"sweep.storage=${{oc.env:{STORAGE_ENV}}}"
+
+
+def _drop_traceback(exc: BaseException) -> None:
+    """Let go of the frames of a job's exception (and its causes): they hold what ``train()`` held,
+    its model and optimizer, and with them GPU memory for the rest of an in-process sweep."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)
+            exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
 class _Heartbeat:
@@ -386,6 +427,7 @@ class OptunaSweeper(Sweeper):
         study = self._open_study(space)
 
         returns: list[Sequence[JobReturn]] = []
+        waiting = False
         while True:
             self._fail_stale_trials(study)
             done = self._count_finished(study)
@@ -394,8 +436,19 @@ class OptunaSweeper(Sweeper):
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried: stopping at %d trials", done)
                 break
+            live = len(self._live_running(study))
+            if done + live >= self.n_trials:
+                # Other workers run the last trials: wait for them to finish (or to go stale, then redo them).
+                if not waiting:
+                    log.info("%d trials finished, %d running in other workers: waiting for them", done, live)
+                waiting = True
+                time.sleep(min(5.0, float(self.heartbeat_interval)))
+                continue
+            waiting = False
             self._check_failures(study, final=False)
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            trials = self._ask(study, space, min(self.n_jobs, self.n_trials - done - live))
+            if not trials:
+                continue
             batch = [self._job_overrides(fixed, trial) for trial in trials]
             try:
                 with _Heartbeat(trials, self.heartbeat_interval):
@@ -505,6 +558,49 @@ class OptunaSweeper(Sweeper):
         trials = study.get_trials(deepcopy=False)
         return sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in trials)
 
+    def _live_running(self, study: optuna.Study) -> list[FrozenTrial]:
+        """RUNNING trials whose sweeper is alive: a recent heartbeat, or none yet but just asked."""
+        now, grace = time.time(), 3 * self.heartbeat_interval
+        live = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.user_attrs.get("heartbeat")
+            if beat is None and t.datetime_start is not None:
+                beat = t.datetime_start.timestamp()  # a naive local time, as Optuna stores it
+            if beat is not None and now - beat <= grace:
+                live.append(t)
+        return live
+
+    def _ask(self, study: optuna.Study, space: Mapping[str, BaseDistribution], n: int) -> list[Trial]:
+        """Ask up to ``n`` trials; give back one that another worker's concurrent ask made surplus.
+
+        Workers that ask at the same instant may together pass ``n_trials``: the trials beyond it (by
+        number, so every worker agrees which) are failed as interrupted with ``reason: surplus``,
+        which do not count, and this batch asks no more.
+        """
+        trials: list[Trial] = []
+        for _ in range(n):
+            trial = study.ask(space)
+            counted = sorted(
+                [
+                    t.number
+                    for t in study.get_trials(deepcopy=False)
+                    if t.state.is_finished() and not t.user_attrs.get("interrupted")
+                ]
+                + [t.number for t in self._live_running(study)]
+            )
+            if trial.number in counted[: self.n_trials]:
+                trials.append(trial)
+                continue
+            trial.set_user_attr("reason", "surplus")
+            self._interrupt(study, [trial], "interrupted: surplus (other workers asked the last trials)")
+            log.info(
+                "trial %d: surplus to n_trials=%d after another worker's ask; given back",
+                trial.number,
+                self.n_trials,
+            )
+            break
+        return trials
+
     def _frozen(self, number: int) -> FrozenTrial:
         """The trial as stored now, with what its job reported."""
         return self.storage_obj.get_trial(
@@ -543,13 +639,13 @@ class OptunaSweeper(Sweeper):
     # --- one trial ---------------------------------------------------------------------------------
 
     def _job_overrides(self, fixed: Sequence[str], trial: Trial) -> list[str]:
-        context = {
-            "sweep.study_name": self.name,
-            "sweep.storage": self.storage_url,
-            "sweep.trial_number": trial.number,
-        }
-        values = {**trial.params, **context}
-        return [*fixed, *(f"{key}={format_value(value)}" for key, value in values.items())]
+        values = {**trial.params, "sweep.study_name": self.name}
+        return [
+            *fixed,
+            *(f"{key}={format_value(value)}" for key, value in values.items()),
+            job_storage_override(self.storage_url),
+            f"sweep.trial_number={trial.number}",
+        ]
 
     def _values(self, result: Any) -> list[float]:
         """The objective value(s) in a job's returned dict (or a bare number, single-objective)."""
@@ -591,6 +687,7 @@ class OptunaSweeper(Sweeper):
                     trial.set_user_attr(key, value)
                 _tell(study, trial, values=values)
         elif isinstance(result._return_value, optuna.TrialPruned):  # .return_value would re-raise it
+            _drop_traceback(result._return_value)
             scores = list(reported.intermediate_values.values())
             if "best_score" not in reported.user_attrs and scores:
                 trial.set_user_attr(
@@ -607,6 +704,9 @@ class OptunaSweeper(Sweeper):
             self.last_failure = reason
             exc_info = error if isinstance(error, BaseException) else None
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=exc_info)
+            if exc_info is not None:
+                _drop_traceback(exc_info)
+            del error, exc_info
         self.finished += 1
 
         done = self._frozen(trial.number)
