@@ -340,9 +340,12 @@ def test_four_workers_one_study(tmp_path: Path, backend: str) -> None:
     else:
         trials = _trials(storage, "four")
     assert [t.number for t in trials] == list(range(len(trials)))
-    assert len(trials) >= n_trials  # (see test_scaleout: concurrent workers may overshoot by a few)
-    assert all(t.state == TrialState.COMPLETE for t in trials), {t.number: t.state for t in trials}
-    assert all(sorted(t.intermediate_values) == [0, 10, 20, 30, 40, 50] for t in trials)
+    # A worker that loses the race for the last trial gives its surplus trial back (FAIL, interrupted):
+    # exactly n_trials complete, each with every intermediate report.
+    done = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(done) == n_trials, {t.number: t.state for t in trials}
+    assert all(t.state == TrialState.COMPLETE for t in done), {t.number: t.state for t in trials}
+    assert all(sorted(t.intermediate_values) == [0, 10, 20, 30, 40, 50] for t in done)
 
 
 @pytest.mark.slow
