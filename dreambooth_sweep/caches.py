@@ -12,6 +12,10 @@
 * :class:`TextEmbeddingCache` — the text encoder's output for the batch's prompt ids (instance prompt,
   then class prompt: the same ids every step) while the text encoder does not train; any step in which
   it trains (text-encoder fine-tuning, LoRA on it, textual inversion) empties the cache.
+* :class:`SampleCache` — the step-0 evaluation samples: every trial starts from the same untouched
+  base model, so trials in one process that sample the same prompts and seeds with the same settings
+  generate them once. The key holds the live modules' :func:`fingerprint`, so a trial whose step-0
+  weights differ (a new token, LoRA adapters) never gets another's images.
 
 Class images for prior preservation have their own on-disk cache shared by every process
 (:func:`dreambooth_sweep.data.ensure_class_images`), and the metric models theirs
@@ -32,8 +36,10 @@ import torch
 
 __all__ = [
     "BASE_MODELS",
+    "BASE_SAMPLES",
     "BaseModelCache",
     "LatentCache",
+    "SampleCache",
     "TextEmbeddingCache",
     "encode_moments",
     "fingerprint",
@@ -196,3 +202,37 @@ class TextEmbeddingCache:
         else:
             self.hits += 1
         return states
+
+
+# ----------------------------------------------------------------------------- step-0 samples
+
+
+class SampleCache:
+    """Evaluation samples of the untouched base model, per (weights fingerprint, settings, prompts, seeds).
+
+    Holds the ``max_entries`` most recent sets (a sweep over subjects with one class noun shares one).
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        self.max_entries = max_entries
+        self._sets: dict[Hashable, list[Any]] = {}
+        self.hits = 0
+
+    def get(self, key: Hashable) -> list[Any] | None:
+        images = self._sets.pop(key, None)
+        if images is None:
+            return None
+        self._sets[key] = images  # most recently used last
+        self.hits += 1
+        return [im.copy() for im in images]
+
+    def put(self, key: Hashable, images: list[Any]) -> None:
+        self._sets[key] = [im.copy() for im in images]
+        while len(self._sets) > self.max_entries:
+            self._sets.pop(next(iter(self._sets)))
+
+    def clear(self) -> None:
+        self._sets.clear()
+
+
+BASE_SAMPLES = SampleCache()  # the process's cache

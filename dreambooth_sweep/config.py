@@ -172,6 +172,7 @@ class EvalConfig:
     clip_model: str = "openai/clip-vit-base-patch32"  # hub id, local dir, or "tiny"
     dino_model: str = "facebook/dino-vits16"  # hub id, local dir, or "tiny"
     class_prompt_images: int = 4  # images of the plain class prompt for PRES
+    reuse_base_samples: bool = True  # trials in one process sample the (same) step-0 base model once
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
@@ -364,7 +365,7 @@ def run_hydra_entry(main: Any, entry: str) -> None:
     import os
     import sys
 
-    from hydra.errors import HydraException
+    from hydra.errors import ConfigCompositionException, HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if os.environ.get("HYDRA_FULL_ERROR"):
@@ -373,6 +374,9 @@ def run_hydra_entry(main: Any, entry: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
     try:
         main()
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (ConfigCompositionException, OmegaConfBaseException) as exc:
         print(f"error: {compose_error_line(exc, entry)}", file=sys.stderr)
+        sys.exit(2)
+    except HydraException as exc:  # e.g. the sweeper's SweepError: already "problem: fix" on one line
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)

@@ -190,7 +190,7 @@ class Evaluator:
         indices = self.prompt_indices(ctx.step, ctx.final)
         jobs = [(self.prompts[i], seed) for i in indices for seed in self.seeds]
         jobs += [(self.class_prompt, seed) for seed in range(self.num_class)]
-        images = self._generate(ctx, jobs)
+        images = self._base_samples(ctx, jobs) if ctx.step == 0 else self._generate(ctx, jobs)
         n = len(self.seeds)
         samples = {i: images[k * n : (k + 1) * n] for k, i in enumerate(indices)}
         class_images = images[len(indices) * n :]
@@ -241,6 +241,28 @@ class Evaluator:
         return metrics
 
     # -- generation
+
+    def _base_samples(self, ctx: EvalContext, jobs: list[tuple[str, int]]) -> list[Image.Image]:
+        """Step 0: the untouched base model, the same in every trial of a sweep, so trials in one process
+        with the same weights (fingerprinted) and settings share one set of samples (``caches.BASE_SAMPLES``)."""
+        if not self.eval_cfg.get("reuse_base_samples", True):
+            return self._generate(ctx, jobs)
+        from types import SimpleNamespace
+
+        from dreambooth_sweep.caches import BASE_SAMPLES, fingerprint
+
+        e, comps = self.eval_cfg, ctx.components
+        live = SimpleNamespace(tokenizer=comps.tokenizer, text_encoder=ctx.text_encoder, vae=comps.vae, unet=ctx.unet)
+        settings = (e.scheduler, int(e.num_inference_steps), float(e.guidance_scale), int(e.resolution), int(e.batch_size))
+        scheduler = json.dumps(comps.scheduler_config, sort_keys=True, default=str)
+        key = (fingerprint(live), scheduler, settings, tuple(jobs), str(ctx.dtype), str(torch.device(ctx.device)))
+        images = BASE_SAMPLES.get(key)
+        if images is None:
+            images = self._generate(ctx, jobs)
+            BASE_SAMPLES.put(key, images)
+        else:
+            log.info("step 0: base-model samples reused from an earlier trial in this process")
+        return images
 
     @torch.no_grad()
     def _generate(self, ctx: EvalContext, jobs: list[tuple[str, int]]) -> list[Image.Image]:
@@ -530,7 +552,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return dict(result.metrics)
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+# Absolute, so the entry point works however it is imported (python -m, launchers that pickle it).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
     """``python -m dreambooth_sweep.evaluate``: eval-only mode, prints where the results are."""
     try:
@@ -543,6 +569,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
+    # (submitit) then pickle it by reference instead of dragging this module's globals along.
+    from dreambooth_sweep.evaluate import main as task
     from dreambooth_sweep.config import run_hydra_entry
 
-    run_hydra_entry(main, "dreambooth_sweep.evaluate")
+    run_hydra_entry(task, "dreambooth_sweep.evaluate")

@@ -20,12 +20,21 @@ import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-import sqlalchemy.exc
+from hydra.errors import CompactHydraException
 
-__all__ = ["JOURNAL_PREFIX", "TrialReporter", "numeric_metrics", "open_storage", "release_job_storages"]
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "JOURNAL_PREFIX",
+    "SweepError",
+    "TrialReporter",
+    "numeric_metrics",
+    "open_storage",
+    "release_job_storages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     sweeper's writes, and wait up to a minute for a lock instead of SQLAlchemy's 5 s. (WAL needs a
     local disk; several machines share PostgreSQL or a journal file instead.)
     """
+    import optuna
+    import sqlalchemy.exc
+
     if url.startswith(JOURNAL_PREFIX):
         path = Path(url.removeprefix(JOURNAL_PREFIX)).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +70,9 @@ def _rdb_storage(
 ) -> optuna.storages.RDBStorage:
     """``RDBStorage(url)``, retried: workers opening a fresh database at the same instant race to create
     Optuna's tables (SQLite: "table studies already exists", PostgreSQL: a duplicate pg_type row)."""
+    import optuna
+    import sqlalchemy.exc
+
     for attempt in range(1, attempts + 1):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
@@ -86,6 +101,10 @@ def release_job_storages() -> None:
     SQLite transaction open; the sweeper calls this before it marks the trial, or it would wait on
     that lock.
     """
+    if not _job_storages:
+        return
+    import optuna
+
     for storage in _job_storages.values():
         if isinstance(storage, optuna.storages.RDBStorage):
             storage.scoped_session.remove()
@@ -100,6 +119,10 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, int | float]:
         for k, v in values.items()
         if isinstance(v, numbers.Real) and not isinstance(v, bool)
     }
+
+
+class SweepError(CompactHydraException):
+    """A bad sweeper setting, or a sweep that cannot go on; Hydra prints only this one-line message."""
 
 
 class TrialReporter:
@@ -125,6 +148,8 @@ class TrialReporter:
         self.trial = trial
         self.can_prune = False
         if trial is not None:
+            import optuna
+
             directions = trial.study.directions
             self.can_prune = len(directions) == 1  # Optuna prunes single-objective studies only
             if self.can_prune:
@@ -145,6 +170,8 @@ class TrialReporter:
         number = getattr(sweep, "trial_number", None) if sweep is not None else None
         if study_name is None or storage_url is None or number is None:
             return cls(None, direction=direction)
+
+        import optuna  # only in an Optuna sweep: a single run or a grid never imports it
 
         storage = _job_storage(storage_url)
         study_id = storage.get_study_id_from_name(study_name)
@@ -197,6 +224,8 @@ class TrialReporter:
         self.trial.report(value, step)
         if step > 0 and self.trial.should_prune():
             log.info("trial %d pruned at step %d (score %.4g)", self.trial.number, step, value)
+            import optuna
+
             raise optuna.TrialPruned(f"pruned at step {step} with score {value:.6g}")
 
     def set_metrics(self, metrics: Mapping[str, Any]) -> None:

@@ -627,7 +627,11 @@ def _save_final(method: Method, unet: Any, text_encoder: Any, ema: Any, out: Pat
 # ----------------------------------------------------------------------------- entry point
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+# Absolute, so the entry point works however it is imported (python -m, launchers that pickle it).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
     """``python -m dreambooth_sweep.train``: returns the metrics dict, which sweepers read."""
     try:
@@ -640,6 +644,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
+    # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
+    # (submitit) then pickle it by reference instead of dragging this module's globals along.
+    from dreambooth_sweep.train import main as task
     from dreambooth_sweep.config import run_hydra_entry
 
-    run_hydra_entry(main, "dreambooth_sweep.train")
+    run_hydra_entry(task, "dreambooth_sweep.train")

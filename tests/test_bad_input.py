@@ -281,14 +281,14 @@ def test_a_really_full_disk(tmp_path: Path, make_cfg) -> None:
 
 def test_cli_errors_exit_non_zero_with_one_line(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> None:
     """Three failures of ``python -m dreambooth_sweep.train``, started together (each start costs seconds):
-    our own ConfigError (exit 2, one ``error:`` line), the sweeper's SweepError and Hydra's compose error
-    (exit 1). None prints a traceback, and nothing is trained."""
+    our own ConfigError, the sweeper's SweepError and Hydra's compose error, each one ``error:`` line
+    (exit 2). None prints a traceback, and nothing is trained."""
     base = tiny_overrides(tmp_path, cache_dir, demo_dir)
     cases = {
         "tracking": ([*base, f"tracking.uri=http://127.0.0.1:{free_port()}"], 2, "is unreachable"),
         "sweep": (
             ["-m", *base, "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path / 'm'}"],
-            1,
+            2,
             "search space is empty",
         ),
         "typo": ([*base, "train.learning_rate=1e-6"], 2, "Could not override 'train.learning_rate'"),

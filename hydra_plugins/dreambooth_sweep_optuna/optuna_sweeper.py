@@ -39,7 +39,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class, instantiate
@@ -47,7 +46,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from dreambooth_sweep.sweep import JOURNAL_PREFIX, numeric_metrics, open_storage, release_job_storages
+from dreambooth_sweep.sweep import (
+    JOURNAL_PREFIX,
+    SweepError,
+    numeric_metrics,
+    open_storage,
+    release_job_storages,
+)
 
 __all__ = [
     "STORAGE_ENV",
@@ -62,8 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class SweepError(CompactHydraException):
-    """A bad sweeper setting, or a sweep that cannot go on; Hydra prints only this one-line message."""
+# SweepError lives in dreambooth_sweep.sweep: Hydra's plugin scan re-executes this module, and a class
+# defined here would then differ from the one callers imported earlier (``except SweepError`` would miss).
 
 
 # ---------------------------------------------------------------------------------------------------
