@@ -73,7 +73,8 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, cache_dir: Path, demo_dir
     storage, study = f"sqlite:///{tmp_path / 'optuna.db'}", "killed"
     args = [
         "-m",
-        *tiny_overrides(tmp_path, cache_dir, demo_dir, steps=6),
+        # long enough (≈4 s) to be caught mid-trial even with the base model reused in-process
+        *tiny_overrides(tmp_path, cache_dir, demo_dir, steps=80),
         "hydra/sweeper=optuna",
         f"hydra.sweeper.storage='{storage}'",
         f"hydra.sweeper.study_name={study}",
