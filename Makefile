@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo sweep report test test-all lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
+.PHONY: help install demo sweep report test test-all bench lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -127,6 +127,13 @@ SWEEP ?= $(lastword $(sort $(wildcard outputs/multiruns/*)))
 
 report: install ## HTML report of a sweep (SWEEP=outputs/multiruns/<date>; default: the newest)
 	$(PY) -m dreambooth_sweep.report $(SWEEP) $(ARGS)
+
+# A diffusers checkout (git clone https://github.com/huggingface/diffusers) to compare against; read only.
+DIFFUSERS ?=
+BENCH_ARGS ?=
+
+bench: install ## whole-process benchmark on the tiny model vs diffusers' train_dreambooth.py (DIFFUSERS=checkout, BENCH_ARGS=)
+	$(PY) benchmarks/bench.py $(if $(DIFFUSERS),--diffusers $(DIFFUSERS)) $(BENCH_ARGS)
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

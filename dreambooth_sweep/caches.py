@@ -109,7 +109,9 @@ class BaseModelCache:
                         f"the cached base model {key} no longer matches the weights it was loaded with: "
                         "dropped from the cache; run again"
                     )
-                log.info("base model reused from this process's cache (%d loads, %d reuses)", self.loads, self.hits)
+                log.info(
+                    "base model reused from this process's cache (%d loads, %d reuses)", self.loads, self.hits
+                )
                 return handed
             self._entry = None  # one base model at a time: a sweep over models must not pile them up
             loaded = load()
@@ -153,7 +155,9 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self._moments)
 
-    def moments(self, views: Sequence[Hashable | None], pixels: Sequence[torch.Tensor | None], device: Any, dtype: Any) -> torch.Tensor:
+    def moments(
+        self, views: Sequence[Hashable | None], pixels: Sequence[torch.Tensor | None], device: Any, dtype: Any
+    ) -> torch.Tensor:
         """Moments of a batch: cached views looked up, the others encoded (and cached when deterministic).
 
         Args:

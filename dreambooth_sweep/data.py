@@ -161,6 +161,9 @@ def preprocess(
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+View = tuple[int, int, bool]  # (0 instance | 1 class, image index, flipped): what a center crop can show
+
+
 @dataclass
 class Example:
     pixel_values: torch.Tensor
@@ -196,7 +199,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         self.random_flip = random_flip
         self.seed = seed
         self.epoch = 0
-        self.cached_views: Container[tuple[int, int, bool]] = frozenset()  # the trainer's latent cache keys
+        self.cached_views: Container[View] = frozenset()  # the trainer's latent cache keys
         self.instance_ids = self._tokenize(tokenizer, instance_prompt)
         self.class_ids = self._tokenize(tokenizer, class_prompt) if self.class_images else None
 
@@ -212,7 +215,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_images))
 
-    def _view(self, images: list[Image.Image], index: int, stream: int) -> tuple[tuple[int, int, bool] | None, torch.Tensor | None]:
+    def _view(self, images: list[Image.Image], index: int, stream: int) -> tuple[View | None, torch.Tensor | None]:
         # Randomness depends only on (seed, epoch, index, stream): identical after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index, stream])
         flip = bool(self.random_flip and rng.random() < 0.5)

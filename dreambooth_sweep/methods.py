@@ -73,6 +73,7 @@ class Part:
 
     label = ""
     trains_unet = False  # in any step: the UNet goes through accelerate.prepare
+    _applied = False  # enable() has set requires_grad at least once (later calls only on a change)
     trains_text_encoder = False  # in any step: the text encoder goes through accelerate.prepare
     fp32_unet = False  # the UNet's own weights train, so they stay float32 under mixed precision
     fp32_text_encoder = False
@@ -155,8 +156,10 @@ class FullWeights(Part):
         te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
         if self.text_encoder_active and not te_on and on:
             log.info("text encoder frozen after %d steps", step)
-        _set_trainable(self.unet_params, on)
-        _set_trainable(self.te_params, te_on)
+        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
+            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
+            _set_trainable(self.te_params, te_on)
+            self._applied = True
         self.unet_active, self.text_encoder_active = on, te_on
 
     def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
@@ -225,8 +228,10 @@ class LoRAWeights(Part):
         te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
         if self.text_encoder_active and not te_on and on:
             log.info("text-encoder LoRA frozen after %d steps", step)
-        _set_trainable(self.unet_params, on)
-        _set_trainable(self.te_params, te_on)
+        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
+            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
+            _set_trainable(self.te_params, te_on)
+            self._applied = True
         self.unet_active, self.text_encoder_active = on, te_on
 
     def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
@@ -515,8 +520,17 @@ class Method:
             ph.part.enable(index == current, step)
         if current is not None:
             self._current = current
-        self.comps.unet.train(self.unet_active)
-        self.comps.text_encoder.train(self.text_encoder_active)
+        for module, mode in (
+            (self.comps.unet, self.unet_active),
+            (self.comps.text_encoder, self.text_encoder_active),
+        ):
+            if module.training != mode:  # train() walks every submodule: only on a change (evaluation
+                module.train(mode)  # puts every module back as it found it)
+
+    @property
+    def state(self) -> tuple[int | None, bool, bool]:
+        """(phase, UNet trains, text encoder trains): which weights have ``requires_grad`` changes with it."""
+        return self._current, self.unet_active, self.text_encoder_active
 
     def after_step(self) -> None:
         for ph in self.phases:

@@ -444,6 +444,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         prediction_type = noise_scheduler.config.prediction_type
         bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
         loss_value = float("nan")
+        clip_params: tuple[Any, list[torch.nn.Parameter]] = (None, [])
         while global_step < t.max_steps:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
@@ -480,7 +481,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                                 encoder_states = text_encoder(input_ids)[0]
                         else:  # frozen text encoder, same prompt ids every step: encoded once
                             with torch.no_grad():
-                                encoder_states = text_cache.get(batch["input_ids"], lambda: text_encoder(input_ids)[0])
+                                encoder_states = text_cache.get(batch["input_ids"], lambda ids=input_ids: text_encoder(ids)[0])
                         pred = denoiser(noisy, timesteps, encoder_states).sample
                     if prediction_type == "epsilon":
                         target = noise
@@ -501,8 +502,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                         loss = per_example.mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and t.max_grad_norm > 0:
-                        params = [q for m in models for q in m.parameters() if q.requires_grad]
-                        accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                        if clip_params[0] != method.state:  # the trainable set changes only with the phase
+                            clip_params = (method.state, [q for m in models for q in m.parameters() if q.requires_grad])
+                        accelerator.clip_grad_norm_(clip_params[1], t.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -646,7 +648,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 if __name__ == "__main__":
     # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
     # (submitit) then pickle it by reference instead of dragging this module's globals along.
-    from dreambooth_sweep.train import main as task
     from dreambooth_sweep.config import run_hydra_entry
+    from dreambooth_sweep.train import main as task
 
     run_hydra_entry(task, "dreambooth_sweep.train")
