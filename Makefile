@@ -29,7 +29,7 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo sweep report test test-all bench lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
+.PHONY: help install demo sweep report test test-all bench bench-gpu lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -134,6 +134,9 @@ BENCH_ARGS ?=
 
 bench: install ## whole-process benchmark on the tiny model vs diffusers' train_dreambooth.py (DIFFUSERS=checkout, BENCH_ARGS=)
 	$(PY) benchmarks/bench.py $(if $(DIFFUSERS),--diffusers $(DIFFUSERS)) $(BENCH_ARGS)
+
+bench-gpu: install ## SD-1.5-size steps/s and peak VRAM on a CUDA GPU, random weights (BENCH_ARGS="--steps 100")
+	$(PY) benchmarks/bench_gpu.py $(BENCH_ARGS)
 
 lint: install ## ruff lint + format check
 	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests

@@ -15,13 +15,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "TINY_ID",
+    "build_random_sd15",
     "build_tiny_clip",
     "build_tiny_dino",
     "build_tiny_sd",
     "ensure_tiny",
+    "sd15_modules",
     "write_clip_tokenizer",
 ]
 
@@ -34,12 +37,16 @@ face red blue green purple pink white black yellow shiny wet cube shaped jungle 
 street top fabric wooden floor city mountain house background rug forest wheat field tree autumn leaves
 eiffel tower floating water ocean milk grass sunflowers around it mirror sidewalk crowded dirt road
 wearing hat santa rainbow scarf monocle chef outfit firefighter police glasses shirt wizard robot pig
-head potato mr kramer plush object subject style high quality""".split()
+head potato mr kramer plush object subject style high quality""".split()  # noqa: SIM905 (a word list reads better as text)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """Byte → printable character table used by GPT-2/CLIP byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):
@@ -118,7 +125,7 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
     ``StableDiffusionPipeline.save_pretrained`` (no safety checker).
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     directory = Path(directory)
@@ -150,6 +157,13 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
         norm_num_groups=8,
         sample_size=resolution,
     )
+    return _save_sd(directory, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def _save_sd(directory: Path, **modules) -> Path:
+    """An SD-1.x pipeline folder from the given modules, with SD-1.5's noise schedule and scheduler."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
     # The SD-1.x schedule, with PNDM as the pipeline default exactly like the SD-1.5 repository.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -161,10 +175,7 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
         set_alpha_to_one=False,
     )
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
+        **modules,
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
@@ -175,6 +186,71 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
     sched_file = directory / "scheduler" / "scheduler_config.json"
     sched_file.write_text(json.dumps({**json.loads(sched_file.read_text()), "clip_sample": False}, indent=2))
     return directory
+
+
+def sd15_modules(vocab_size: int, bos_token_id: int, eos_token_id: int) -> tuple[Any, Any, Any]:
+    """(UNet, VAE, text encoder) with Stable Diffusion 1.5's architecture and random weights.
+
+    The configs are SD-1.5's (UNet 320-640-1280-1280 with cross-attention at 768, the 4-level VAE, CLIP
+    ViT-L/14's 12-layer text encoder with a 49,408-token table); only the tokenizer is this module's
+    byte-level one, so ids stay below its ``vocab_size``. Build under ``torch.device("meta")`` to count
+    parameters without allocating them.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=max(vocab_size, 49408),
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+    return unet, vae, CLIPTextModel(text_config)
+
+
+def build_random_sd15(directory: str | os.PathLike[str], seed: int = 0) -> Path:
+    """A pipeline folder with SD-1.5's full-size architecture and random weights (about 1.07 G parameters,
+    4.3 GB in float32): for throughput and memory measurements, never for images."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        vocab_size = write_clip_tokenizer(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    unet, vae, text_encoder = sd15_modules(vocab_size, vocab_size - 2, vocab_size - 1)
+    return _save_sd(directory, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
 
 def build_tiny_clip(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:
@@ -189,7 +265,12 @@ def build_tiny_clip(directory: str | os.PathLike[str], seed: int = 0, image_size
     CLIPTokenizer.from_pretrained(directory)  # fail here, not later, if the files are unusable
     text = _text_config(vocab_size).to_dict()
     vision = dict(
-        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
     )
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
     CLIPModel(config).save_pretrained(directory, safe_serialization=True)
@@ -214,7 +295,12 @@ def build_tiny_dino(directory: str | os.PathLike[str], seed: int = 0, image_size
     directory = Path(directory)
     torch.manual_seed(seed)
     config = ViTConfig(
-        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
     )
     ViTModel(config, add_pooling_layer=False).save_pretrained(directory, safe_serialization=True)
     _write_image_processor(

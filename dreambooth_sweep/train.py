@@ -4,7 +4,9 @@
     python -m dreambooth_sweep.train -m train.lr=5e-6,2e-6          # a grid (Hydra multirun)
 
 ``train(cfg)`` takes a composed config and returns a flat dict of metrics: ``objective`` (the best
-checkpoint's sweet-spot score), ``best_step``, the final ``train/loss`` and the last ``eval/*`` values.
+checkpoint's sweet-spot score), ``best_step``, the final ``train/loss``, the last ``eval/*`` values and
+``perf/train_steps_per_s`` (after the first step, evaluation and checkpoints left out; on CUDA also
+``perf/peak_vram_allocated_gb`` and ``perf/peak_vram_reserved_gb``).
 What happens, in order:
 
 1. check the config (flag combinations, ranges) and read the subject photos — bad input fails here,
@@ -33,6 +35,7 @@ import os
 import random
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -192,6 +195,39 @@ def _atomic_replace_dir(tmp: Path, final: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- base model
+
+
+class _StepTimer:
+    """Training throughput without start-up, evaluation or checkpoints: optimizer steps per second from
+    the end of this process's first step (kernel selection, allocator warm-up) to the end of the last."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, int, float] | None = None  # (time, step, paused seconds so far) per mark
+        self.last: tuple[float, int, float] | None = None
+        self.excluded = 0.0
+
+    def step(self, global_step: int) -> None:
+        mark = (time.perf_counter(), global_step, self.excluded)
+        self.first = self.first or mark
+        self.last = mark
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - started
+
+    def figures(self, device: torch.device) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.first is not None and self.last is not None and self.last[1] > self.first[1]:
+            seconds = (self.last[0] - self.first[0]) - (self.last[2] - self.first[2])
+            out["perf/train_steps_per_s"] = (self.last[1] - self.first[1]) / max(seconds, 1e-9)
+        if device.type == "cuda":  # the whole run's peak, loading and evaluation included
+            out["perf/peak_vram_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            out["perf/peak_vram_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
+        return out
 
 
 def load_base_model(cfg: DictConfig) -> Components:
@@ -445,6 +481,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
         loss_value = float("nan")
         clip_params: tuple[Any, list[torch.nn.Parameter]] = (None, [])
+        speed = _StepTimer()
         while global_step < t.max_steps:
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
@@ -523,20 +560,23 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 tracker.log_train(global_step, {"train/loss": loss_value, "train/lr": train_lr})
+                speed.step(global_step)
                 if t.checkpoint_every_n_steps and global_step % t.checkpoint_every_n_steps == 0:
-                    _save_checkpoint(
-                        accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, method.text_encoder_active
-                    )
+                    with speed.paused():
+                        _save_checkpoint(
+                            accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, method.text_encoder_active
+                        )
                 is_last = global_step >= t.max_steps
                 if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
-                    evaluate(global_step, final=is_last)
+                    with speed.paused():
+                        evaluate(global_step, final=is_last)
                 if is_last:
                     break
             epoch, skip = epoch + 1, 0
         bar.close()
 
         # 7. Final weights as a diffusers pipeline (EMA weights when EMA is on).
-        results = {"train/loss": loss_value, "final_step": float(global_step), **last_metrics}
+        results = {"train/loss": loss_value, "final_step": float(global_step), **last_metrics, **speed.figures(device)}
         if reporter.best_step is not None:
             results.update(objective=reporter.best_score, best_step=float(reporter.best_step))
         else:  # no evaluation: the only signal left is the training loss (lower is better, so negate)
@@ -551,7 +591,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 tracker.log_artifact(model_dir / name, artifact_path="weights")
             if cfg.tracking.log_model:
                 tracker.log_artifact(model_dir, artifact_path="model")
-        tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"]})
+        perf = {k: v for k, v in results.items() if k.startswith("perf/")}
+        tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"], **perf})
         if accelerator.is_main_process:
             (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
         accelerator.end_training()

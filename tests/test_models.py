@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from dreambooth_sweep.config import ConfigError
 from dreambooth_sweep.models import SCHEDULERS, build_pipeline, load_components, make_scheduler
-from dreambooth_sweep.tiny import ensure_tiny, write_clip_tokenizer
+from dreambooth_sweep.tiny import ensure_tiny, sd15_modules, write_clip_tokenizer
 
 
 def _model_cfg(pretrained: str):
@@ -26,6 +26,15 @@ def test_tiny_sd_is_a_diffusers_pipeline_folder(cache_dir: Path) -> None:
     comps = load_components(_model_cfg("tiny"), cache_dir)
     assert comps.source == str(path) and comps.vae_scale_factor == 8
     assert comps.noise_scheduler.config.num_train_timesteps == 1000
+
+
+def test_sd15_architecture_has_sd15_parameter_counts() -> None:
+    """The random full-size model of the GPU benchmark is SD-1.5's architecture, parameter for parameter
+    (counted on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        unet, vae, text_encoder = sd15_modules(vocab_size=300, bos_token_id=298, eos_token_id=299)
+    counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]  # SD-1.5's UNet, VAE, CLIP ViT-L/14 text
 
 
 def test_tokenizer_covers_any_text(tmp_path: Path) -> None:

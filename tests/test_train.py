@@ -39,7 +39,10 @@ def test_unet_only_run_saves_a_loadable_pipeline(make_cfg, base_dir: Path) -> No
     result = train(cfg)
     out = Path(cfg.paths.output_dir)
     assert result["final_step"] == 3 and torch.isfinite(torch.tensor(result["train/loss"]))
-    assert json.loads((out / "metrics.json").read_text())["final_step"] == 3
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (
+        saved["final_step"] == 3 and saved["perf/train_steps_per_s"] == result["perf/train_steps_per_s"] > 0
+    )
     model = out / "model"
     assert _changed(_weights(base_dir, "unet"), _weights(model, "unet"))
     assert not _changed(_weights(base_dir, "text_encoder"), _weights(model, "text_encoder"))
@@ -157,6 +160,31 @@ def test_eval_hook_is_called_at_zero_every_n_and_last(make_cfg) -> None:
     assert [(s, f) for s, f, _ in calls] == [(0, False), (2, False), (4, False), (5, True)]
     # step 0 is the baseline, never the sweet spot: the best trained checkpoint is step 2
     assert result["objective"] == -2.0 and result["best_step"] == 2
+
+
+def test_step_timer_leaves_out_the_first_step_evaluation_and_checkpoints(monkeypatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: now[0])
+    timer = train_mod._StepTimer()
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    with timer.paused():  # step-0 evaluation, before any step: not in the window
+        advance(50)
+    advance(10)  # first step: kernel selection, warm-up
+    timer.step(1)
+    with timer.paused():  # an evaluation after step 1
+        advance(100)
+    for step in (2, 3, 4):
+        advance(0.5)
+        timer.step(step)
+    with timer.paused():  # the final evaluation, after the last step
+        advance(70)
+    assert timer.figures(torch.device("cpu")) == {"perf/train_steps_per_s": 3 / 1.5}
+    single = train_mod._StepTimer()
+    single.step(1)
+    assert single.figures(torch.device("cpu")) == {}  # one step: no steady-state window
 
 
 def test_bad_resume_path_is_a_config_error(make_cfg, tmp_path: Path) -> None:
