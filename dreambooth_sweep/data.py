@@ -13,13 +13,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dreambooth_sweep.config import ConfigError
+from dreambooth_sweep.locks import file_lock
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -284,15 +283,6 @@ def class_cache_dir(cache_dir: str | os.PathLike[str], model_key: str, prompt: s
     return Path(cache_dir) / "class_images" / f"{slug}-{resolution}px-{digest}"
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _class_image_name(index: int) -> str:
@@ -327,7 +317,7 @@ def ensure_class_images(
     paths = [folder / _class_image_name(i) for i in range(count)]
     if all(p.exists() for p in paths):
         return paths
-    with _file_lock(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder.with_name(folder.name + ".lock")):
         missing = [i for i, p in enumerate(paths) if not p.exists()]  # another worker may have made them
         if not missing:
             return paths

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -78,7 +77,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dreambooth_sweep.config import ConfigError
+from dreambooth_sweep.locks import file_lock
 
 __all__ = [
     "BATCH_WINDOW_S",
@@ -339,18 +339,6 @@ def plan_run(cfg: DictConfig) -> RunPlan:
 # Store helpers (also used by the sweeper)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock between processes that share ``path`` (same machine or shared filesystem)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
 
@@ -391,7 +379,7 @@ def find_or_create_parent_run(
     parent looks again, and all settle on the oldest (earliest start time, then smallest id); a
     creator whose parent lost deletes it before any child could use it.
     """
-    with _file_lock(Path(lock_path)):
+    with file_lock(Path(lock_path)):
         found = _parents(client, experiment_id, sweep_id)
         if found:
             return found[0]
@@ -499,7 +487,7 @@ def _connect(uri: str, log_dir: Path) -> Any:
     try:
         if _is_http(uri):
             return MlflowClient(tracking_uri=uri)
-        with _file_lock(log_dir / "mlflow.lock"):
+        with file_lock(log_dir / "mlflow.lock"):
             client = MlflowClient(tracking_uri=uri)  # opens the store: creates/migrates the schema
             client.search_experiments(max_results=1)
         return client
@@ -528,7 +516,7 @@ def _locate(
         experiment_id, parent = client.get_run(plan.parent_run_id).info.experiment_id, plan.parent_run_id
     else:
         lock = log_dir / "mlflow.lock"
-        with _file_lock(lock):
+        with file_lock(lock):
             experiment_id = _experiment_id(client, plan.experiment, uri, log_dir)
         if not plan.sweep_id:
             return experiment_id, None
@@ -1162,7 +1150,7 @@ class Tracker:
 
             ts = int(time.time() * 1000)
             score = float(values[score_key])
-            with _file_lock(lock):
+            with file_lock(lock):
                 held = c.get_run(parent_id).data.metrics.get(score_key)
                 metrics = [Metric("sweep/score", score, ts, int(trial or 0))]
                 tags = []
@@ -1268,7 +1256,7 @@ def _outcome(exc: BaseException | None) -> tuple[str, dict[str, str]]:
 
 
 def _finish_parent_if_idle(client: Any, parent_id: str, lock: Path) -> None:
-    with _file_lock(lock):
+    with file_lock(lock):
         parent = client.get_run(parent_id)
         running = client.search_runs(
             [parent.info.experiment_id],

@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +320,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
     log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)
 
-    with start_tracking(cfg) as tracker:
+    with start_tracking(cfg) as tracker, ExitStack() as cleanup:
         accelerator = Accelerator(
             gradient_accumulation_steps=t.gradient_accumulation_steps,
             mixed_precision=t.mixed_precision,
@@ -479,6 +479,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         epoch, skip = divmod(micro, batches_per_epoch)
         prediction_type = noise_scheduler.config.prediction_type
         bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
+        cleanup.callback(bar.close)  # closed before an error propagates: no stray bar after the message
         loss_value = float("nan")
         clip_params: tuple[Any, list[torch.nn.Parameter]] = (None, [])
         speed = _StepTimer()
