@@ -24,9 +24,13 @@ Class images for prior preservation have their own on-disk cache shared by every
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import gc
 import hashlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -43,6 +47,8 @@ __all__ = [
     "TextEmbeddingCache",
     "encode_moments",
     "fingerprint",
+    "release_process_caches",
+    "trim_heap",
 ]
 
 log = logging.getLogger("dreambooth_sweep.caches")
@@ -240,3 +246,28 @@ class SampleCache:
 
 
 BASE_SAMPLES = SampleCache()  # the process's cache
+
+
+# ----------------------------------------------------------------------------- releasing
+
+
+def trim_heap() -> None:
+    """Give the heap memory Python and torch have freed back to the OS (glibc's ``malloc_trim``): the
+    process's resident size falls to what it really holds. A no-op where glibc is not the allocator."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def release_process_caches() -> None:
+    """Drop what this process kept for later trials — the pristine base model (4 GB of RAM for SD-1.5),
+    step-0 samples, metric models — and return the memory: called once a sweep's trials are done,
+    before its report is built."""
+    BASE_MODELS.clear()
+    BASE_SAMPLES.clear()
+    metrics = sys.modules.get("dreambooth_sweep.metrics")
+    if metrics is not None:
+        metrics.clear_model_cache()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trim_heap()

@@ -571,7 +571,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
 if __name__ == "__main__":
     # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
     # (submitit) then pickle it by reference instead of dragging this module's globals along.
-    from dreambooth_sweep.evaluate import main as task
     from dreambooth_sweep.config import run_hydra_entry
+    from dreambooth_sweep.evaluate import main as task
 
     run_hydra_entry(task, "dreambooth_sweep.evaluate")

@@ -487,7 +487,7 @@ def _is_continuous(distribution: Any) -> bool:
 
 def _merge_study(trials: dict[int, Trial], frozen: Sequence[Any]) -> None:
     """Optuna knows the true states, the trials without a folder yet, and each trial's reported curve."""
-    from hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper import format_value
+    from dreambooth_sweep.search_space import format_value
 
     for ft in frozen:
         trial = trials.setdefault(ft.number, Trial(number=ft.number))
@@ -1640,6 +1640,8 @@ class ReportCallback(Callback):
         if not self.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).expanduser()
+        if "dreambooth_sweep.caches" in sys.modules:  # trials ran in this process: free what they kept
+            sys.modules["dreambooth_sweep.caches"].release_process_caches()
         try:
             page = build_report(sweep_dir, log_mlflow=self.log_mlflow)
         except Exception as e:

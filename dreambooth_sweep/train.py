@@ -28,6 +28,7 @@ What happens, in order:
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dreambooth_sweep import data as data_lib
-from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments
+from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments, trim_heap
 from dreambooth_sweep.config import ConfigError, register_configs, validate
 from dreambooth_sweep.methods import Method, build_method
 from dreambooth_sweep.models import Components, build_pipeline, load_components, resolve_pretrained
@@ -287,6 +288,12 @@ def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.devic
         paths = data_lib.ensure_class_images(
             folder, p.num_class_images, generate, batch_size=p.gen_batch_size, metadata=metadata
         )
+    if pipe is not None:  # sampling's scratch memory goes back before training allocates its own
+        pipe = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        trim_heap()
     return [im for _, im in data_lib.load_images(folder, p.num_class_images, what="prior.class_dir")][: len(paths)]
 
 
@@ -685,6 +692,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
             raise  # in a sweep the sweeper records the failed job and goes on
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:  # the next trial in this process starts from what this one really left allocated
+        gc.collect()
+        trim_heap()
 
 
 if __name__ == "__main__":

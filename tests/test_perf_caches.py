@@ -294,3 +294,26 @@ def test_step0_samples_are_generated_once_per_process(make_cfg, monkeypatch) -> 
         return {k: v for k, v in json.loads(first).items() if k != "eval/seconds"}
 
     assert step0(runs[0]) == step0(runs[1]) == step0(runs[3])  # reused samples score exactly the same
+
+
+def test_release_process_caches_drops_what_trials_kept() -> None:
+    """At the end of a sweep (before its report) the pristine base model and step-0 samples go."""
+    from PIL import Image
+
+    from dreambooth_sweep.caches import BASE_SAMPLES, release_process_caches
+
+    def components() -> SimpleNamespace:
+        return SimpleNamespace(
+            tokenizer=["a"],
+            text_encoder=torch.nn.Linear(2, 2),
+            vae=torch.nn.Linear(2, 2),
+            unet=torch.nn.Linear(2, 2),
+        )
+
+    BASE_MODELS.get("release-test", components)
+    BASE_SAMPLES.put("release-test", [Image.new("RGB", (4, 4))])
+    release_process_caches()
+    loads = BASE_MODELS.loads
+    BASE_MODELS.get("release-test", components)
+    assert BASE_MODELS.loads == loads + 1 and BASE_SAMPLES.get("release-test") is None
+    BASE_MODELS.clear()

@@ -10,9 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import ROOT, compose_config
+from omegaconf import OmegaConf
 
 SWEEPS = ROOT / "sweeps"
 

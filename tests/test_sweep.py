@@ -20,17 +20,15 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from dreambooth_sweep.config import SweepContext
-from dreambooth_sweep.sweep import TrialReporter, numeric_metrics
-from hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper import (
+from dreambooth_sweep.optuna_sweeper import (
     STORAGE_ENV,
     OptunaSweeper,
     SweepError,
     _hide_password,
-    format_value,
-    grid_search_space,
     job_storage_override,
-    parse_search_space,
 )
+from dreambooth_sweep.search_space import format_value, grid_search_space, parse_search_space
+from dreambooth_sweep.sweep import TrialReporter, numeric_metrics
 
 APP = Path(__file__).parent / "sweep_app" / "app.py"
 LR = "lr=tag(log, interval(0.01, 1.0))"
@@ -447,3 +445,19 @@ def test_a_failed_job_s_traceback_is_not_kept(tmp_path: Path) -> None:
         sweeper._record(study, trial, result)
         assert model() is None and result._return_value.__traceback__ is None
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.PRUNED]
+
+
+def test_single_runs_never_import_optuna() -> None:
+    """Hydra imports every plugin module in every run: ours stays thin until a sweep starts."""
+    code = (
+        "import sys\n"
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.sweeper import Sweeper\n"
+        "names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]\n"
+        "assert 'OptunaSweeper' in names, names\n"
+        "assert 'optuna' not in sys.modules, 'optuna imported by plugin discovery'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
