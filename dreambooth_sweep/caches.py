@@ -95,7 +95,7 @@ class BaseModelCache:
         self.loads = 0
         self.hits = 0
 
-    def get(self, key: Hashable, load: Callable[[], Any], *, keep: bool = True) -> Any:
+    def get(self, key: Hashable, load: Callable[[], Any], *, keep: bool = True, device: Any = None) -> Any:
         """Components for ``key``: from the cache (a verified copy) or from ``load()``.
 
         Args:
@@ -103,12 +103,14 @@ class BaseModelCache:
             load: loads the components (``models.load_components``).
             keep: keep a pristine copy for later calls. False returns the loaded components themselves
                 and drops whatever was cached (a single run has no later trial to save work for).
+            device: where the trial's copy goes, module by module as it is made: on a GPU, host memory
+                holds the pristine model plus at most one module being copied, never two whole models.
         """
         with self._lock:
             if self._entry is not None and self._entry[0] == key:
                 self.hits += 1
                 entry = self._entry[1]
-                handed = copy.deepcopy(entry.components)
+                handed = _copy_to(entry.components, device)
                 if fingerprint(handed) != entry.fingerprint:
                     self._entry = None
                     raise RuntimeError(
@@ -125,11 +127,23 @@ class BaseModelCache:
             if not keep:
                 return loaded
             self._entry = (key, _Entry(loaded, fingerprint(loaded)))
-            return copy.deepcopy(loaded)
+            return _copy_to(loaded, device)
 
     def clear(self) -> None:
         with self._lock:
             self._entry = None
+
+
+def _copy_to(components: Any, device: Any) -> Any:
+    """A deep copy of ``components`` whose text encoder, VAE and UNet are each copied, then moved to
+    ``device`` (None: stay where they are) before the next one is copied."""
+    parts = [name for name in ("text_encoder", "vae", "unet") if hasattr(components, name)]
+    memo: dict[int, Any] = {id(getattr(components, name)): None for name in parts}
+    shell = copy.deepcopy(components, memo)  # tokenizer, schedulers, ...: everything but the modules
+    for name in parts:
+        module = copy.deepcopy(getattr(components, name))
+        setattr(shell, name, module if device is None else module.to(device))
+    return shell
 
 
 BASE_MODELS = BaseModelCache()  # the process's cache

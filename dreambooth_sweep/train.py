@@ -231,7 +231,7 @@ class _StepTimer:
         return out
 
 
-def load_base_model(cfg: DictConfig) -> Components:
+def load_base_model(cfg: DictConfig, device: torch.device | None = None) -> Components:
     """The base model's components, loaded once per process when trials share it.
 
     Trials run one after another in one process (Hydra's basic launcher, the Optuna sweeper) each get a
@@ -247,7 +247,7 @@ def load_base_model(cfg: DictConfig) -> Components:
         return load()
     single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
     key = (resolve_pretrained(m.pretrained, cfg.paths.cache_dir), m.revision, m.variant)
-    return BASE_MODELS.get(key, load, keep=not single_run)
+    return BASE_MODELS.get(key, load, keep=not single_run, device=device)
 
 
 # ----------------------------------------------------------------------------- class images
@@ -339,7 +339,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         # 2. The base model, and what the method trains of it: new tokens / LoRA adapters are added,
         # everything else is frozen. Frozen modules run in the mixed-precision dtype; trainable
         # weights stay fp32 (accelerate autocasts).
-        comps = load_base_model(cfg)
+        comps = load_base_model(cfg, device)
         method = build_method(cfg)
         method.setup(comps, device, weight_dtype)
         unet, text_encoder, vae, tokenizer = comps.unet, comps.text_encoder, comps.vae, comps.tokenizer

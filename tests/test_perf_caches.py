@@ -256,8 +256,11 @@ def test_base_model_cache_refuses_a_copy_whose_weights_moved() -> None:
     first = cache.get("m", components)
     with torch.no_grad():
         first.unet.weight.add_(1.0)  # a trial trains its copy ...
-    second = cache.get("m", components)
+    second = cache.get("m", components, device=torch.device("cpu"))  # module by module onto the device
     assert torch.equal(second.unet.weight, components().unet.weight)  # ... the next one starts pristine
+    pristine = cache._entry[1].components
+    for name in ("unet", "vae", "text_encoder", "tokenizer"):  # every part is the trial's own
+        assert getattr(second, name) is not getattr(pristine, name) is not getattr(first, name)
     assert (cache.loads, cache.hits) == (1, 1)
 
     cache._entry[1].components.unet.weight.data[0, 0] += 1e-3  # a bug that let the pristine copy change
