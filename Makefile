@@ -139,12 +139,12 @@ bench-gpu: install ## SD-1.5-size steps/s and peak VRAM on a CUDA GPU, random we
 	$(PY) benchmarks/bench_gpu.py $(BENCH_ARGS)
 
 lint: install ## ruff lint + format check
-	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests
-	$(PY) -m ruff format --check dreambooth_sweep hydra_plugins tests
+	$(PY) -m ruff check dreambooth_sweep hydra_plugins tests benchmarks
+	$(PY) -m ruff format --check dreambooth_sweep hydra_plugins tests benchmarks
 
 format: install ## ruff auto-fix + format
-	$(PY) -m ruff check --fix dreambooth_sweep hydra_plugins tests
-	$(PY) -m ruff format dreambooth_sweep hydra_plugins tests
+	$(PY) -m ruff check --fix dreambooth_sweep hydra_plugins tests benchmarks
+	$(PY) -m ruff format dreambooth_sweep hydra_plugins tests benchmarks
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

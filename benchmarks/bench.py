@@ -463,7 +463,8 @@ def main() -> None:
         for label, sm in summaries.items():
             ratio = sm["ours_mb"] / sm["script_mb"]
             print(
-                f"target: peak memory not above the script's, {label}: {ratio:.2f}: {'met' if ratio <= 1.0 else 'NOT met'}"
+                f"target: peak memory not above the script's, {label}: {sm['ours_mb']:.1f} vs {sm['script_mb']:.1f} MB "
+                f"({ratio:.3f}): {'met' if ratio <= 1.0 else 'NOT met'}"
             )
     print(f"\n(bench took {time.perf_counter() - started:.0f} s; raw numbers: {work / 'bench.json'})")
     raw = {

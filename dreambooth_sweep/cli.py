@@ -1,9 +1,9 @@
 """``dreambooth-sweep`` helper commands (training itself is ``python -m dreambooth_sweep.train``).
 
-    dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
-    dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
-    dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
-    dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
+dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
+dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
+dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
+dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
 """
 
 from __future__ import annotations
@@ -59,12 +59,16 @@ def _wait_for_url(args: argparse.Namespace) -> int:
                 return 0
         except OSError:
             time.sleep(0.5)
-    print(f"error: {args.url} did not answer within {args.timeout:g} s: check the server's log", file=sys.stderr)
+    print(
+        f"error: {args.url} did not answer within {args.timeout:g} s: check the server's log", file=sys.stderr
+    )
     return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight model (offline)")

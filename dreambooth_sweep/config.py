@@ -117,7 +117,9 @@ class TrainConfig:
     max_steps: int = 400  # optimizer steps
     batch_size: int = 1  # instance examples per device per micro-batch (class examples are added on top)
     gradient_accumulation_steps: int = 1
-    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
+    lr_scheduler: str = (
+        "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
+    )
     lr_warmup_steps: int = 0
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes; CUDA)
     adam_beta1: float = 0.9
@@ -289,12 +291,18 @@ def validate(cfg: DictConfig | Any) -> None:
     if not t.lr > 0:
         _fail(f"train.lr={t.lr} must be positive", "set e.g. train.lr=2e-6")
     if t.text_encoder_lr is not None and not t.text_encoder_lr > 0:
-        _fail(f"train.text_encoder_lr={t.text_encoder_lr} must be positive", "set it or leave it null (= train.lr)")
+        _fail(
+            f"train.text_encoder_lr={t.text_encoder_lr} must be positive",
+            "set it or leave it null (= train.lr)",
+        )
     for key in ("max_steps", "batch_size", "gradient_accumulation_steps"):
         if not getattr(t, key) > 0:
             _fail(f"train.{key}={getattr(t, key)} must be a positive integer", f"set train.{key}=1 or more")
     if t.lr_warmup_steps < 0 or t.checkpoint_every_n_steps < 0 or t.noise_offset < 0:
-        _fail("train.lr_warmup_steps, checkpoint_every_n_steps and noise_offset cannot be negative", "use 0 to turn off")
+        _fail(
+            "train.lr_warmup_steps, checkpoint_every_n_steps and noise_offset cannot be negative",
+            "use 0 to turn off",
+        )
     if t.text_encoder_steps is not None and t.text_encoder_steps < 0:
         _fail(f"train.text_encoder_steps={t.text_encoder_steps} cannot be negative", "use null for all steps")
     if t.snr_gamma is not None and not t.snr_gamma > 0:
@@ -304,18 +312,26 @@ def validate(cfg: DictConfig | Any) -> None:
     if t.optimizer not in OPTIMIZERS:
         _fail(f"unknown train.optimizer={t.optimizer!r}", f"choose one of {', '.join(OPTIMIZERS)}")
     if t.mixed_precision not in PRECISIONS:
-        _fail(f"unknown train.mixed_precision={t.mixed_precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+        _fail(
+            f"unknown train.mixed_precision={t.mixed_precision!r}", f"choose one of {', '.join(PRECISIONS)}"
+        )
     if t.lr_scheduler not in LR_SCHEDULERS:
         _fail(f"unknown train.lr_scheduler={t.lr_scheduler!r}", f"choose one of {', '.join(LR_SCHEDULERS)}")
     if d.resolution <= 0 or d.resolution % 8:
-        _fail(f"data.resolution={d.resolution} must be a positive multiple of 8", "use e.g. 512 (SD-1.5) or 64 (tiny)")
+        _fail(
+            f"data.resolution={d.resolution} must be a positive multiple of 8",
+            "use e.g. 512 (SD-1.5) or 64 (tiny)",
+        )
     if d.max_images is not None and d.max_images <= 0:
         _fail(f"data.max_images={d.max_images} must be positive", "use null for all images")
     if not str(d.identifier).strip():
         _fail("data.identifier is empty", "set a rare word, e.g. data.identifier=sks")
     if p.enabled:
         if not p.class_prompt:
-            _fail("prior preservation is on but prior.class_prompt is empty", "set prior.class_prompt='a photo of dog'")
+            _fail(
+                "prior preservation is on but prior.class_prompt is empty",
+                "set prior.class_prompt='a photo of dog'",
+            )
         if p.num_class_images <= 0:
             _fail(f"prior.num_class_images={p.num_class_images} must be positive", "use e.g. 100")
         if p.loss_weight < 0:

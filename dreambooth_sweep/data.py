@@ -68,10 +68,14 @@ def load_images(
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"{what}={str(folder)!r} does not exist or is not a folder: point it at your subject photos")
+        raise ConfigError(
+            f"{what}={str(folder)!r} does not exist or is not a folder: point it at your subject photos"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise ConfigError(f"{what}={str(folder)!r} is empty: put 5-25 photos of the subject (jpg/png/webp) in it")
+        raise ConfigError(
+            f"{what}={str(folder)!r} is empty: put 5-25 photos of the subject (jpg/png/webp) in it"
+        )
     images: list[tuple[Path, Image.Image]] = []
     skipped: list[str] = []
     for path in files:
@@ -141,7 +145,12 @@ def load_instance_images(data_cfg: Any) -> list[Image.Image]:
 
 
 def preprocess(
-    image: Image.Image, resolution: int, *, center_crop: bool = True, flip: bool = False, rng: np.random.Generator | None = None
+    image: Image.Image,
+    resolution: int,
+    *,
+    center_crop: bool = True,
+    flip: bool = False,
+    rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """Resize the short side to ``resolution``, crop a square, optionally flip; CHW float in [-1, 1]."""
     w, h = image.size
@@ -205,7 +214,11 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     @staticmethod
     def _tokenize(tokenizer: Any, prompt: str | None) -> torch.Tensor:
         return tokenizer(
-            prompt, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+            prompt,
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
         ).input_ids[0]
 
     def set_epoch(self, epoch: int) -> None:
@@ -214,11 +227,15 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(len(self.instance_images), len(self.class_images))
 
-    def _view(self, images: list[Image.Image], index: int, stream: int) -> tuple[View | None, torch.Tensor | None]:
+    def _view(
+        self, images: list[Image.Image], index: int, stream: int
+    ) -> tuple[View | None, torch.Tensor | None]:
         # Randomness depends only on (seed, epoch, index, stream): identical after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index, stream])
         flip = bool(self.random_flip and rng.random() < 0.5)
-        view = (stream, index % len(images), flip) if self.center_crop else None  # random crops: no fixed view
+        view = (
+            (stream, index % len(images), flip) if self.center_crop else None
+        )  # random crops: no fixed view
         if view is not None and view in self.cached_views:
             return view, None
         image = images[index % len(images)]
@@ -275,14 +292,17 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 # ----------------------------------------------------------------------------- class-image cache
 
 
-def class_cache_dir(cache_dir: str | os.PathLike[str], model_key: str, prompt: str, resolution: int, seed: int, extra: dict) -> Path:
+def class_cache_dir(
+    cache_dir: str | os.PathLike[str], model_key: str, prompt: str, resolution: int, seed: int, extra: dict
+) -> Path:
     """The shared folder for one (model, prompt, resolution, seed, sampler settings) class-image set."""
-    key = json.dumps({"model": model_key, "prompt": prompt, "resolution": resolution, "seed": seed, **extra}, sort_keys=True)
+    key = json.dumps(
+        {"model": model_key, "prompt": prompt, "resolution": resolution, "seed": seed, **extra},
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() else "-" for c in prompt.lower())[:40].strip("-")
     return Path(cache_dir) / "class_images" / f"{slug}-{resolution}px-{digest}"
-
-
 
 
 def _class_image_name(index: int) -> str:

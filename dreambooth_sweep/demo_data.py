@@ -48,13 +48,21 @@ def _draw_toy(size: int) -> Image.Image:
     d = ImageDraw.Draw(toy)
     s = size / 100.0
     # body: rounded red block
-    d.rounded_rectangle([22 * s, 35 * s, 78 * s, 92 * s], radius=12 * s, fill=(210, 30, 40, 255), outline=(90, 10, 15, 255), width=max(1, int(2 * s)))
+    d.rounded_rectangle(
+        [22 * s, 35 * s, 78 * s, 92 * s],
+        radius=12 * s,
+        fill=(210, 30, 40, 255),
+        outline=(90, 10, 15, 255),
+        width=max(1, int(2 * s)),
+    )
     # yellow zig-zag band across the body
     pts = [(22 * s + i * 7 * s, (62 if i % 2 == 0 else 70) * s) for i in range(9)]
     d.line(pts, fill=(250, 210, 20, 255), width=max(2, int(5 * s)))
     # teal hat: brim and crown
     d.rectangle([18 * s, 30 * s, 82 * s, 36 * s], fill=(20, 150, 150, 255))
-    d.polygon([(32 * s, 30 * s), (68 * s, 30 * s), (60 * s, 8 * s), (40 * s, 8 * s)], fill=(20, 170, 170, 255))
+    d.polygon(
+        [(32 * s, 30 * s), (68 * s, 30 * s), (60 * s, 8 * s), (40 * s, 8 * s)], fill=(20, 170, 170, 255)
+    )
     # eyes
     for cx in (38, 62):
         d.ellipse([(cx - 8) * s, 42 * s, (cx + 8) * s, 56 * s], fill=(255, 255, 255, 255))

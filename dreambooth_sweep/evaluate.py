@@ -252,10 +252,25 @@ class Evaluator:
         from dreambooth_sweep.caches import BASE_SAMPLES, fingerprint
 
         e, comps = self.eval_cfg, ctx.components
-        live = SimpleNamespace(tokenizer=comps.tokenizer, text_encoder=ctx.text_encoder, vae=comps.vae, unet=ctx.unet)
-        settings = (e.scheduler, int(e.num_inference_steps), float(e.guidance_scale), int(e.resolution), int(e.batch_size))
+        live = SimpleNamespace(
+            tokenizer=comps.tokenizer, text_encoder=ctx.text_encoder, vae=comps.vae, unet=ctx.unet
+        )
+        settings = (
+            e.scheduler,
+            int(e.num_inference_steps),
+            float(e.guidance_scale),
+            int(e.resolution),
+            int(e.batch_size),
+        )
         scheduler = json.dumps(comps.scheduler_config, sort_keys=True, default=str)
-        key = (fingerprint(live), scheduler, settings, tuple(jobs), str(ctx.dtype), str(torch.device(ctx.device)))
+        key = (
+            fingerprint(live),
+            scheduler,
+            settings,
+            tuple(jobs),
+            str(ctx.dtype),
+            str(torch.device(ctx.device)),
+        )
         images = BASE_SAMPLES.get(key)
         if images is None:
             images = self._generate(ctx, jobs)

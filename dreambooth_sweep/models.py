@@ -93,9 +93,13 @@ def load_components(model_cfg: Any, cache_dir: str | os.PathLike[str]) -> Compon
     common = {"revision": model_cfg.revision}
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **common)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", variant=model_cfg.variant, **common)
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", variant=model_cfg.variant, **common
+        )
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", variant=model_cfg.variant, **common)
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", variant=model_cfg.variant, **common)
+        unet = UNet2DConditionModel.from_pretrained(
+            source, subfolder="unet", variant=model_cfg.variant, **common
+        )
         scheduler_config = _raw_scheduler_config(source, common)
         noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     except ConfigError:

@@ -253,7 +253,9 @@ def load_base_model(cfg: DictConfig, device: torch.device | None = None) -> Comp
 # ----------------------------------------------------------------------------- class images
 
 
-def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.device, weight_dtype: torch.dtype) -> list:
+def prepare_class_images(
+    cfg: DictConfig, comps: Components, device: torch.device, weight_dtype: torch.dtype
+) -> list:
     """Class images of the *base* model for prior preservation, from the shared cache."""
     p = cfg.prior
     resolution = cfg.data.resolution
@@ -262,7 +264,9 @@ def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.devic
     if p.class_dir:
         folder = Path(p.class_dir).expanduser()
     else:
-        folder = data_lib.class_cache_dir(cfg.paths.cache_dir, model_key, p.class_prompt, resolution, p.gen_seed, settings)
+        folder = data_lib.class_cache_dir(
+            cfg.paths.cache_dir, model_key, p.class_prompt, resolution, p.gen_seed, settings
+        )
     pipe = None
 
     def generate(indices: list[int]) -> list:
@@ -272,7 +276,11 @@ def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.devic
             pipe = build_pipeline(comps)
             pipe.to(device)
         generators = [torch.Generator(device).manual_seed(p.gen_seed + i) for i in indices]
-        autocast = torch.autocast(device.type, dtype=weight_dtype) if weight_dtype != torch.float32 else nullcontext()
+        autocast = (
+            torch.autocast(device.type, dtype=weight_dtype)
+            if weight_dtype != torch.float32
+            else nullcontext()
+        )
         with torch.no_grad(), autocast:
             return pipe(
                 [p.class_prompt] * len(indices),
@@ -283,7 +291,13 @@ def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.devic
                 generator=generators,
             ).images
 
-    metadata = {"model": model_key, "prompt": p.class_prompt, "resolution": resolution, "seed": p.gen_seed, **settings}
+    metadata = {
+        "model": model_key,
+        "prompt": p.class_prompt,
+        "resolution": resolution,
+        "seed": p.gen_seed,
+        **settings,
+    }
     with untouched_training_state(comps.unet, comps.text_encoder, comps.vae):
         paths = data_lib.ensure_class_images(
             folder, p.num_class_images, generate, batch_size=p.gen_batch_size, metadata=metadata
@@ -294,7 +308,9 @@ def prepare_class_images(cfg: DictConfig, comps: Components, device: torch.devic
         if device.type == "cuda":
             torch.cuda.empty_cache()
         trim_heap()
-    return [im for _, im in data_lib.load_images(folder, p.num_class_images, what="prior.class_dir")][: len(paths)]
+    return [im for _, im in data_lib.load_images(folder, p.num_class_images, what="prior.class_dir")][
+        : len(paths)
+    ]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -368,7 +384,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         scale = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes if t.scale_lr else 1
         # Every phase's weights, one group each with its lr (train.lr, text_encoder_lr, method.ti_lr).
         optimizer = _make_optimizer(t, method.param_groups(scale))
-        lr_scheduler = method.lr_scheduler(optimizer, num_processes=accelerator.num_processes)  # one per phase
+        lr_scheduler = method.lr_scheduler(
+            optimizer, num_processes=accelerator.num_processes
+        )  # one per phase
 
         dataset = data_lib.DreamBoothDataset(
             instance_images,
@@ -385,7 +403,11 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             len(dataset), t.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index
         )
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=t.batch_size, sampler=sampler, collate_fn=data_lib.collate, num_workers=t.dataloader_workers
+            dataset,
+            batch_size=t.batch_size,
+            sampler=sampler,
+            collate_fn=data_lib.collate,
+            num_workers=t.dataloader_workers,
         )
         # Work done once, not every step (caches.py): the VAE's latent distribution of each fixed view
         # (center crop, flipped or not), and the frozen text encoder's output for the prompts.
@@ -396,7 +418,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         elif t.cache_latents:
             log.info("data.center_crop=false: random crops are VAE-encoded every step (no latent cache)")
         text_cache = TextEmbeddingCache() if t.cache_text_embeddings else None
-        trained = [m for m, on in ((unet, method.trains_unet), (text_encoder, method.trains_text_encoder)) if on]
+        trained = [
+            m for m, on in ((unet, method.trains_unet), (text_encoder, method.trains_text_encoder)) if on
+        ]
         *trained, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
         if method.trains_unet:
             unet = trained.pop(0)
@@ -408,7 +432,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             from diffusers import UNet2DConditionModel
 
             base_unet = accelerator.unwrap_model(unet)
-            ema = EMAModel(base_unet.parameters(), decay=t.ema_decay, model_cls=UNet2DConditionModel, model_config=base_unet.config)
+            ema = EMAModel(
+                base_unet.parameters(),
+                decay=t.ema_decay,
+                model_cls=UNet2DConditionModel,
+                model_config=base_unet.config,
+            )
             ema.to(device)
             accelerator.register_for_checkpointing(ema)
 
@@ -460,8 +489,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             with untouched_training_state(live_unet, live_te), _ema_weights(ema, live_unet):
                 result = eval_hook(
                     EvalContext(
-                        step=step, final=final, components=comps, unet=live_unet, text_encoder=live_te,
-                        device=device, dtype=weight_dtype,
+                        step=step,
+                        final=final,
+                        components=comps,
+                        unet=live_unet,
+                        text_encoder=live_te,
+                        device=device,
+                        dtype=weight_dtype,
                     )
                 )
             metrics = dict(result.metrics)
@@ -476,7 +510,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
             if step > 0 and score is not None and math.isfinite(score):
                 reporter.report(score, step, metrics)  # raises optuna.TrialPruned when the pruner says stop
-                log.info("step %d: score %.4f (best %.4f at step %d)", step, score, reporter.best_score, reporter.best_step)
+                log.info(
+                    "step %d: score %.4f (best %.4f at step %d)",
+                    step,
+                    score,
+                    reporter.best_score,
+                    reporter.best_step,
+                )
 
         # 6. The loop. One optimizer step = gradient_accumulation_steps micro-batches.
         if global_step == 0:
@@ -485,7 +525,13 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         micro = global_step * t.gradient_accumulation_steps
         epoch, skip = divmod(micro, batches_per_epoch)
         prediction_type = noise_scheduler.config.prediction_type
-        bar = tqdm(total=t.max_steps, initial=global_step, desc="train", unit="step", disable=not accelerator.is_main_process)
+        bar = tqdm(
+            total=t.max_steps,
+            initial=global_step,
+            desc="train",
+            unit="step",
+            disable=not accelerator.is_main_process,
+        )
         cleanup.callback(bar.close)  # closed before an error propagates: no stray bar after the message
         loss_value = float("nan")
         clip_params: tuple[Any, list[torch.nn.Parameter]] = (None, [])
@@ -496,22 +542,36 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             for index, batch in enumerate(loader):
                 if index < skip:  # replaying a resumed epoch up to where the checkpoint was taken
                     continue
-                models = [m for m, on in ((unet, method.unet_active), (text_encoder, method.text_encoder_active)) if on]
+                models = [
+                    m
+                    for m, on in ((unet, method.unet_active), (text_encoder, method.text_encoder_active))
+                    if on
+                ]
                 with accelerator.accumulate(*models):
                     with torch.no_grad():
                         if latent_cache is not None:
-                            moments = latent_cache.moments(batch["views"], batch["pixels"], device, weight_dtype)
+                            moments = latent_cache.moments(
+                                batch["views"], batch["pixels"], device, weight_dtype
+                            )
                         else:
-                            moments = encode_moments(vae, batch["pixel_values"].to(device, dtype=weight_dtype))
+                            moments = encode_moments(
+                                vae, batch["pixel_values"].to(device, dtype=weight_dtype)
+                            )
                         # A fresh sample of each image's latent distribution every step, cached or not.
                         latents = DiagonalGaussianDistribution(moments).sample(generator=noise_gen)
                         latents = latents.float() * vae.config.scaling_factor
                     noise = torch.randn(latents.shape, generator=noise_gen, device=device)
                     if t.noise_offset:
                         # Offset noise: a per-channel constant lets the model shift overall brightness.
-                        noise += t.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=noise_gen, device=device)
+                        noise += t.noise_offset * torch.randn(
+                            (*latents.shape[:2], 1, 1), generator=noise_gen, device=device
+                        )
                     timesteps = torch.randint(
-                        0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=noise_gen, device=device
+                        0,
+                        noise_scheduler.config.num_train_timesteps,
+                        (latents.shape[0],),
+                        generator=noise_gen,
+                        device=device,
                     )
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     input_ids = batch["input_ids"].to(device)
@@ -526,29 +586,42 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                                 encoder_states = text_encoder(input_ids)[0]
                         else:  # frozen text encoder, same prompt ids every step: encoded once
                             with torch.no_grad():
-                                encoder_states = text_cache.get(batch["input_ids"], lambda ids=input_ids: text_encoder(ids)[0])
+                                encoder_states = text_cache.get(
+                                    batch["input_ids"], lambda ids=input_ids: text_encoder(ids)[0]
+                                )
                         pred = denoiser(noisy, timesteps, encoder_states).sample
                     if prediction_type == "epsilon":
                         target = noise
                     elif prediction_type == "v_prediction":
                         target = noise_scheduler.get_velocity(latents, noise, timesteps)
                     else:
-                        raise ConfigError(f"unsupported prediction_type {prediction_type!r} in the model's scheduler config")
+                        raise ConfigError(
+                            f"unsupported prediction_type {prediction_type!r} in the model's scheduler config"
+                        )
                     # Per-example loss, so Min-SNR weights and the instance/class split line up example by example.
-                    per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+                    per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
+                        dim=(1, 2, 3)
+                    )
                     if t.snr_gamma is not None:
                         snr = compute_snr(noise_scheduler, timesteps)
                         clipped = torch.clamp(snr, max=t.snr_gamma)
-                        per_example = per_example * (clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr)
+                        per_example = per_example * (
+                            clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+                        )
                     if p.enabled:
-                        instance_loss, prior_loss = per_example.chunk(2)  # collate puts instance examples first
+                        instance_loss, prior_loss = per_example.chunk(
+                            2
+                        )  # collate puts instance examples first
                         loss = instance_loss.mean() + p.loss_weight * prior_loss.mean()
                     else:
                         loss = per_example.mean()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and t.max_grad_norm > 0:
                         if clip_params[0] != method.state:  # the trainable set changes only with the phase
-                            clip_params = (method.state, [q for m in models for q in m.parameters() if q.requires_grad])
+                            clip_params = (
+                                method.state,
+                                [q for m in models for q in m.parameters() if q.requires_grad],
+                            )
                         accelerator.clip_grad_norm_(clip_params[1], t.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
@@ -572,7 +645,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 if t.checkpoint_every_n_steps and global_step % t.checkpoint_every_n_steps == 0:
                     with speed.paused():
                         _save_checkpoint(
-                            accelerator, out, global_step, noise_gen, t.checkpoints_total_limit, method.text_encoder_active
+                            accelerator,
+                            out,
+                            global_step,
+                            noise_gen,
+                            t.checkpoints_total_limit,
+                            method.text_encoder_active,
                         )
                 is_last = global_step >= t.max_steps
                 if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
@@ -584,7 +662,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         bar.close()
 
         # 7. Final weights as a diffusers pipeline (EMA weights when EMA is on).
-        results = {"train/loss": loss_value, "final_step": float(global_step), **last_metrics, **speed.figures(device)}
+        results = {
+            "train/loss": loss_value,
+            "final_step": float(global_step),
+            **last_metrics,
+            **speed.figures(device),
+        }
         if reporter.best_step is not None:
             results.update(objective=reporter.best_score, best_step=float(reporter.best_step))
         else:  # no evaluation: the only signal left is the training loss (lower is better, so negate)
@@ -639,7 +722,9 @@ def _ema_weights(ema: Any, unet: torch.nn.Module) -> Iterator[None]:
         ema.restore(unet.parameters())
 
 
-def _save_checkpoint(accelerator: Any, out: Path, step: int, noise_gen: torch.Generator, limit: int | None, te_active: bool) -> None:
+def _save_checkpoint(
+    accelerator: Any, out: Path, step: int, noise_gen: torch.Generator, limit: int | None, te_active: bool
+) -> None:
     """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically."""
     root = out / "checkpoints"
     final = root / f"checkpoint-{step}"
@@ -651,7 +736,9 @@ def _save_checkpoint(accelerator: Any, out: Path, step: int, noise_gen: torch.Ge
         accelerator.save_state(str(tmp))  # every process writes its random_states_<rank>.pkl
         if accelerator.is_main_process:
             torch.save(noise_gen.get_state(), tmp / "noise_generator.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "text_encoder_active": te_active}))
+            (tmp / "trainer_state.json").write_text(
+                json.dumps({"global_step": step, "text_encoder_active": te_active})
+            )
     accelerator.wait_for_everyone()  # all of it is in tmp before it becomes the checkpoint
     if accelerator.is_main_process:
         _atomic_replace_dir(tmp, final)

@@ -38,7 +38,13 @@ def test_modes_are_converted_not_rejected(tmp_path: Path) -> None:
     _save(tmp_path / "d_16bit.png", sixteen)
     _save(tmp_path / "e_palette.png", Image.new("P", (40, 30), 3))
     images = data.load_images(tmp_path)
-    assert [p.name for p, _ in images] == ["a_rgba.png", "b_cmyk.jpg", "c_grey.png", "d_16bit.png", "e_palette.png"]
+    assert [p.name for p, _ in images] == [
+        "a_rgba.png",
+        "b_cmyk.jpg",
+        "c_grey.png",
+        "d_16bit.png",
+        "e_palette.png",
+    ]
     assert all(im.mode == "RGB" and im.size == (40, 30) for _, im in images)
     assert images[0][1].getpixel((0, 0)) == (255, 255, 255)
     assert images[3][1].getpixel((0, 0)) == (255, 255, 255)  # 16-bit white stays white
@@ -117,8 +123,12 @@ def test_random_crop_and_flip_are_a_function_of_seed_epoch_index(demo_dir: Path)
 
 def test_collate_puts_instance_examples_first() -> None:
     items = [
-        {"instance_pixels": torch.full((3, 4, 4), float(i)), "instance_ids": torch.tensor([i]),
-         "class_pixels": torch.full((3, 4, 4), 10.0 + i), "class_ids": torch.tensor([10 + i])}
+        {
+            "instance_pixels": torch.full((3, 4, 4), float(i)),
+            "instance_ids": torch.tensor([i]),
+            "class_pixels": torch.full((3, 4, 4), 10.0 + i),
+            "class_ids": torch.tensor([10 + i]),
+        }
         for i in range(2)
     ]
     batch = data.collate(items)
@@ -159,9 +169,13 @@ def test_class_image_cache_generates_only_missing_indices(tmp_path: Path) -> Non
 def test_demo_subject_is_generated_only_into_its_own_folder(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"instance_dir": str(tmp_path / "demo_toy"), "generate_demo": True, "max_images": None})
+    cfg = OmegaConf.create(
+        {"instance_dir": str(tmp_path / "demo_toy"), "generate_demo": True, "max_images": None}
+    )
     assert len(data.load_instance_images(cfg)) == 12
-    typo = OmegaConf.create({"instance_dir": str(tmp_path / "photoz"), "generate_demo": True, "max_images": None})
+    typo = OmegaConf.create(
+        {"instance_dir": str(tmp_path / "photoz"), "generate_demo": True, "max_images": None}
+    )
     with pytest.raises(ConfigError, match="data=subject"):
         data.load_instance_images(typo)
     assert not (tmp_path / "photoz").exists()

@@ -18,16 +18,30 @@ SWEEPS = ROOT / "sweeps"
 # recipe (conf/experiment) → settings stated in SEEDS.md. Effective batch = batch_size × accumulation
 # (× GPUs: the documents used 2, the recipes run them on one GPU).
 RECIPES = {
-    "blog_objects": dict(max_steps=400, effective_batch=4, prior=False, text_encoder=False, method="dreambooth"),
-    "blog_faces": dict(max_steps=1200, effective_batch=2, prior=True, text_encoder=False, method="dreambooth"),
+    "blog_objects": dict(
+        max_steps=400, effective_batch=4, prior=False, text_encoder=False, method="dreambooth"
+    ),
+    "blog_faces": dict(
+        max_steps=1200, effective_batch=2, prior=True, text_encoder=False, method="dreambooth"
+    ),
     "blog_text_encoder": dict(max_steps=1200, effective_batch=2, prior=True, lr=1e-6, method="dreambooth"),
     "blog_ema": dict(max_steps=1200, effective_batch=2, prior=True, lr=1e-6, ema=True, method="dreambooth"),
     "blog_identifier": dict(max_steps=400, effective_batch=4, prior=False, method="dreambooth"),
     "blog_schedulers": dict(scheduler="ddim", inference_steps=100),
     "blog_ti_dreambooth": dict(max_steps=2500, ti_steps=2000, lr=1e-6, method="ti_dreambooth"),
     "lora_figurine": dict(
-        method="lora", rank=4, prior=True, prior_weight=1.0, optimizer="adamw8bit", lr_scheduler="constant",
-        precision="fp16", checkpointing=True, xformers=True, inference_steps=180, max_steps=1250, effective_batch=4,
+        method="lora",
+        rank=4,
+        prior=True,
+        prior_weight=1.0,
+        optimizer="adamw8bit",
+        lr_scheduler="constant",
+        precision="fp16",
+        checkpointing=True,
+        xformers=True,
+        inference_steps=180,
+        max_steps=1250,
+        effective_batch=4,
     ),
 }
 # sweep file → the axis it compares, as stated in SEEDS.md
@@ -82,7 +96,10 @@ def test_sweep_files_compare_what_the_documents_compared(sweep: str) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()  # read the grid exactly as Hydra's basic sweeper will
-    params = {k: list(parser.parse_override(f"{k}={v}").sweep_iterator()) for k, v in raw.hydra.sweeper.params.items()}
+    params = {
+        k: list(parser.parse_override(f"{k}={v}").sweep_iterator())
+        for k, v in raw.hydra.sweeper.params.items()
+    }
     assert params == GRIDS[sweep]
     first = (SWEEPS / f"{sweep}.yaml").read_text().splitlines()[0]
     assert first.startswith("# make ") or first.startswith("# part of make")  # starts with its command
@@ -91,7 +108,9 @@ def test_sweep_files_compare_what_the_documents_compared(sweep: str) -> None:
 def test_optuna_sweep_files_compose() -> None:
     for name in ("demo", "lr_steps"):
         raw = OmegaConf.load(SWEEPS / f"{name}.yaml")
-        assert {"override hydra/sweeper": "optuna"} in [OmegaConf.to_container(d) for d in raw.defaults if not isinstance(d, str)]
+        assert {"override hydra/sweeper": "optuna"} in [
+            OmegaConf.to_container(d) for d in raw.defaults if not isinstance(d, str)
+        ]
         assert raw.hydra.sweeper.params and raw.hydra.sweeper.pruner._target_.startswith("optuna.pruners.")
 
 
