@@ -73,7 +73,6 @@ class Part:
 
     label = ""
     trains_unet = False  # in any step: the UNet goes through accelerate.prepare
-    _applied = False  # enable() has set requires_grad at least once (later calls only on a change)
     trains_text_encoder = False  # in any step: the text encoder goes through accelerate.prepare
     fp32_unet = False  # the UNet's own weights train, so they stay float32 under mixed precision
     fp32_text_encoder = False
@@ -115,7 +114,37 @@ def _text_encoder_on(cfg: Any, step: int) -> bool:
     return bool(t.train_text_encoder) and (t.text_encoder_steps is None or step < t.text_encoder_steps)
 
 
-class FullWeights(Part):
+class _UNetAndTextEncoder(Part):
+    """A part with UNet weights and, with ``train.train_text_encoder``, text-encoder weights (``attach``
+    fills ``unet_params`` and ``te_params``); the text encoder's stop after ``train.text_encoder_steps``."""
+
+    frozen_message = "text encoder frozen after %d steps"
+    unet_params: list[torch.nn.Parameter]
+    te_params: list[torch.nn.Parameter]
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._applied = False  # requires_grad set at least once; later calls only on a change
+
+    def param_groups(self, lr_scale: float) -> list[dict[str, Any]]:
+        t = self.cfg.train
+        groups = [{"params": self.unet_params, "lr": t.lr * lr_scale}]
+        if self.te_params:
+            groups.append({"params": self.te_params, "lr": (t.text_encoder_lr or t.lr) * lr_scale})
+        return groups
+
+    def enable(self, on: bool, step: int) -> None:
+        te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
+        if self.text_encoder_active and not te_on and on:
+            log.info(self.frozen_message, step)
+        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
+            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
+            _set_trainable(self.te_params, te_on)
+            self._applied = True
+        self.unet_active, self.text_encoder_active = on, te_on
+
+
+class FullWeights(_UNetAndTextEncoder):
     """DreamBooth: every UNet weight, and the text encoder's with ``train.train_text_encoder``.
 
     Args:
@@ -145,23 +174,6 @@ class FullWeights(Part):
                 p for p in comps.text_encoder.parameters() if not (self.keep_embedding and p is embedding)
             ]
 
-    def param_groups(self, lr_scale: float) -> list[dict[str, Any]]:
-        t = self.cfg.train
-        groups = [{"params": self.unet_params, "lr": t.lr * lr_scale}]
-        if self.te_params:
-            groups.append({"params": self.te_params, "lr": (t.text_encoder_lr or t.lr) * lr_scale})
-        return groups
-
-    def enable(self, on: bool, step: int) -> None:
-        te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
-        if self.text_encoder_active and not te_on and on:
-            log.info("text encoder frozen after %d steps", step)
-        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
-            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
-            _set_trainable(self.te_params, te_on)
-            self._applied = True
-        self.unet_active, self.text_encoder_active = on, te_on
-
     def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
         build_pipeline(comps, unet=unet, text_encoder=text_encoder).save_pretrained(
             folder, safe_serialization=True
@@ -170,13 +182,14 @@ class FullWeights(Part):
         return []
 
 
-class LoRAWeights(Part):
+class LoRAWeights(_UNetAndTextEncoder):
     """LoRA adapters (peft, through diffusers' ``add_adapter``) on the UNet, and on the text encoder
     with ``train.train_text_encoder``; the base weights stay frozen in the mixed-precision dtype while
     the adapters train in float32."""
 
     label = "lora"
     trains_unet = True
+    frozen_message = "text-encoder LoRA frozen after %d steps"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -216,23 +229,6 @@ class LoRAWeights(Part):
             )
         n = sum(p.numel() for p in self.unet_params + self.te_params)
         log.info("LoRA rank %d: %.2f M trainable parameters", m.rank, n / 1e6)
-
-    def param_groups(self, lr_scale: float) -> list[dict[str, Any]]:
-        t = self.cfg.train
-        groups = [{"params": self.unet_params, "lr": t.lr * lr_scale}]
-        if self.te_params:
-            groups.append({"params": self.te_params, "lr": (t.text_encoder_lr or t.lr) * lr_scale})
-        return groups
-
-    def enable(self, on: bool, step: int) -> None:
-        te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
-        if self.text_encoder_active and not te_on and on:
-            log.info("text-encoder LoRA frozen after %d steps", step)
-        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
-            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
-            _set_trainable(self.te_params, te_on)
-            self._applied = True
-        self.unet_active, self.text_encoder_active = on, te_on
 
     def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
         from diffusers import StableDiffusionPipeline

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +101,36 @@ def write_clip_tokenizer(directory: str | os.PathLike[str], model_max_length: in
     return len(vocab)
 
 
-def _text_config(vocab_size: int):
+def _text_config(vocab_size: int, table_size: int | None = None, **sizes: Any):
+    """A CLIP text config for this module's tokenizer (its last two ids are BOS and EOS): the tiny
+    2-layer encoder unless ``sizes`` say otherwise; ``table_size`` rows of token embeddings (default:
+    one per token)."""
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
+    tiny = dict(
+        vocab_size=table_size or vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
         projection_dim=32,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
     )
+    ids = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    return CLIPTextConfig(**{**tiny, **sizes, **ids})
+
+
+def _build_sd(directory: str | os.PathLike[str], seed: int, make_modules: Callable[[int], tuple]) -> Path:
+    """Seed, write the tokenizer, build ``(unet, vae, text_encoder) = make_modules(vocab_size)``, save."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        vocab_size = write_clip_tokenizer(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    unet, vae, text_encoder = make_modules(vocab_size)
+    return _save_sd(Path(directory), unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
 
 def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: int = 64) -> Path:
@@ -124,16 +140,14 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
     SD's), a 2-layer CLIP text encoder and the SD-1.x noise schedule. Saved with
     ``StableDiffusionPipeline.save_pretrained`` (no safety checker).
     """
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    return _build_sd(directory, seed, lambda vocab_size: _tiny_modules(vocab_size, resolution))
 
-    directory = Path(directory)
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tok_dir:
-        vocab_size = write_clip_tokenizer(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    text_encoder = CLIPTextModel(_text_config(vocab_size))
+
+def _tiny_modules(vocab_size: int, resolution: int) -> tuple[Any, Any, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(_text_config(vocab_size))  # first: the seeded weights stay as they were
     unet = UNet2DConditionModel(
         sample_size=resolution // 8,
         in_channels=4,
@@ -157,7 +171,7 @@ def build_tiny_sd(directory: str | os.PathLike[str], seed: int = 0, resolution: 
         norm_num_groups=8,
         sample_size=resolution,
     )
-    return _save_sd(directory, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+    return unet, vae, text_encoder
 
 
 def _save_sd(directory: Path, **modules) -> Path:
@@ -188,7 +202,7 @@ def _save_sd(directory: Path, **modules) -> Path:
     return directory
 
 
-def sd15_modules(vocab_size: int, bos_token_id: int, eos_token_id: int) -> tuple[Any, Any, Any]:
+def sd15_modules(vocab_size: int) -> tuple[Any, Any, Any]:
     """(UNet, VAE, text encoder) with Stable Diffusion 1.5's architecture and random weights.
 
     The configs are SD-1.5's (UNet 320-640-1280-1280 with cross-attention at 768, the 4-level VAE, CLIP
@@ -197,7 +211,7 @@ def sd15_modules(vocab_size: int, bos_token_id: int, eos_token_id: int) -> tuple
     parameters without allocating them.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -222,18 +236,15 @@ def sd15_modules(vocab_size: int, bos_token_id: int, eos_token_id: int) -> tuple
         norm_num_groups=32,
         sample_size=512,
     )
-    text_config = CLIPTextConfig(
-        vocab_size=max(vocab_size, 49408),
+    text_config = _text_config(
+        vocab_size,
+        table_size=max(vocab_size, 49408),  # the embedding table of CLIP ViT-L/14
         hidden_size=768,
         intermediate_size=3072,
         num_hidden_layers=12,
         num_attention_heads=12,
-        max_position_embeddings=77,
         hidden_act="quick_gelu",
         projection_dim=768,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
     )
     return unet, vae, CLIPTextModel(text_config)
 
@@ -241,16 +252,7 @@ def sd15_modules(vocab_size: int, bos_token_id: int, eos_token_id: int) -> tuple
 def build_random_sd15(directory: str | os.PathLike[str], seed: int = 0) -> Path:
     """A pipeline folder with SD-1.5's full-size architecture and random weights (about 1.07 G parameters,
     4.3 GB in float32): for throughput and memory measurements, never for images."""
-    import torch
-    from transformers import CLIPTokenizer
-
-    directory = Path(directory)
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tok_dir:
-        vocab_size = write_clip_tokenizer(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    unet, vae, text_encoder = sd15_modules(vocab_size, vocab_size - 2, vocab_size - 1)
-    return _save_sd(directory, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+    return _build_sd(directory, seed, sd15_modules)
 
 
 def build_tiny_clip(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:

@@ -779,9 +779,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
             raise  # in a sweep the sweeper records the failed job and goes on
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    finally:  # the next trial in this process starts from what this one really left allocated
-        gc.collect()
-        trim_heap()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def test_sd15_architecture_has_sd15_parameter_counts() -> None:
     """The random full-size model of the GPU benchmark is SD-1.5's architecture, parameter for parameter
     (counted on the meta device: nothing is allocated)."""
     with torch.device("meta"):
-        unet, vae, text_encoder = sd15_modules(vocab_size=300, bos_token_id=298, eos_token_id=299)
+        unet, vae, text_encoder = sd15_modules(vocab_size=300)
     counts = [sum(p.numel() for p in m.parameters()) for m in (unet, vae, text_encoder)]
     assert counts == [859_520_964, 83_653_863, 123_060_480]  # SD-1.5's UNet, VAE, CLIP ViT-L/14 text
 
