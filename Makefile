@@ -10,7 +10,11 @@ TORCH ?= torch==2.13.0
 VENV_ARGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
-RUN := $(PY) -m dreambooth_sweep
+# The tested dependency set (every package but torch), compiled from pyproject.toml with uv
+# (`uv pip compile`, see the file's header; `make upgrade-deps` moves it on purpose). `make install`
+# installs through it as pip constraints, so a fresh clone gets exactly what CI tested.
+# LOCK= installs without it (then export DBS_UNLOCKED=1: the lock-drift test skips).
+LOCK ?= requirements/lock.txt
 # Recipe knobs: MODEL=sd15|sd21|tiny, DATA=path/to/photos, CLASS=dog, SMOKE=1 shrinks a recipe to a
 # CPU smoke run, ARGS="..." appends any Hydra overrides. MODEL=tiny also swaps in tiny CLIP/DINO.
 MODEL ?= sd15
@@ -29,21 +33,25 @@ GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo sweep report test test-all bench bench-gpu lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
+.PHONY: help install upgrade-deps dashboard demo sweep report test test-all bench bench-gpu lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	@$(PY) -c 'import torch' 2>/dev/null || { echo "installing $(TORCH)"; $(PIP) "$(TORCH)"; }
 	@$(PY) -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
-	@echo "installing dreambooth-sweep and its dependencies into $(VENV)"
-	@$(PIP) -e ".[dev]"
+	@echo "installing dreambooth-sweep and its dependencies into $(VENV)$(if $(LOCK), (locked: $(LOCK)), (unlocked))"
+	@$(PIP) $(if $(LOCK),-c $(LOCK)) -e ".[dev]"
 	@touch $@
 
-install: $(VENV)/.installed ## create .venv and install the project (CPU torch here; keeps an existing CUDA torch)
+install: $(VENV)/.installed ## create .venv and install the project from the lock (CPU torch here; keeps an existing CUDA torch)
+
+upgrade-deps: install ## recompile the lock against the newest releases, test it in a scratch venv, report what changed
+	@$(PIP) "uv>=0.5"
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" UV="$(VENV)/bin/uv" bash requirements/upgrade-deps.sh $(LOCK)
 
 demo: install ## README command 1: set up, then a small Optuna sweep with pruning on the tiny offline model
 	$(GRID) demo $(ARGS)
@@ -114,6 +122,13 @@ UI_PORT ?= 5000
 ui: install ## MLflow UI over outputs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=)
 	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_DB); Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)
+
+DASHBOARD_PORT ?= 8080
+STUDY_DB ?= sqlite:///$(abspath $(or $(DREAMBOOTH_SWEEP_ROOT),.)/outputs)/optuna.db
+
+dashboard: install ## Optuna dashboard over outputs/optuna.db on http://127.0.0.1:8080 (STUDY_DB=, DASHBOARD_PORT=)
+	@echo "Optuna dashboard on http://127.0.0.1:$(DASHBOARD_PORT)  (storage: $(STUDY_DB); Ctrl-C to stop)"
+	$(VENV)/bin/optuna-dashboard $(STUDY_DB) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 blog-ti-dreambooth: install ## seed 1 epilogue: 2000 textual-inversion steps, then 500 DreamBooth steps at lr 1e-6
 	$(NEED_DATA)
