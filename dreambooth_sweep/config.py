@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dreambooth_sweep.errors import ConfigError
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -44,10 +46,6 @@ LR_SCHEDULERS = (
     "cosine_with_restarts",
     "polynomial",
 )
-
-
-class ConfigError(ValueError):
-    """A bad setting or input; the message names the problem and the fix, on one line."""
 
 
 @dataclass
@@ -345,60 +343,3 @@ def validate(cfg: DictConfig | Any) -> None:
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """Resolved plain-dict copy of a config (for logging and return values)."""
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
-
-
-def compose_error_line(exc: BaseException, entry: str = "dreambooth_sweep.train") -> str:
-    """One line for a Hydra/OmegaConf composition error: what is wrong (key, value), then the fix.
-
-    Hydra's own message runs over several lines and, for a mistyped key, suggests ``+key=value``,
-    which would silently add the typo instead of fixing it.
-    """
-    texts = []
-    seen: BaseException | None = exc
-    while seen is not None and len(texts) < 4:
-        text = " ".join(part.strip() for part in str(seen).splitlines() if part.strip())
-        for cut in (" full_key:", " To append to your config use", " Config search path:"):
-            text = text.split(cut)[0]
-        text = text.strip()
-        if text and "$VALUE" not in text and not text.startswith("invalid literal") and text not in texts:
-            texts.append(text)
-        seen = seen.__cause__ or seen.__context__
-    problem = " — ".join(texts[:2]) or type(exc).__name__
-    if "not in" in problem or "Could not override" in problem:
-        fix = f"check the key's spelling; `python -m {entry} --cfg job` prints every key"
-    elif "Could not find" in problem or "Available options" in problem:
-        fix = "pick one of the available options"
-    else:
-        fix = f"fix the value's type or syntax; `python -m {entry} --cfg job` prints every key with its value"
-    return f"{problem}: {fix}"
-
-
-def run_hydra_entry(main: Any, entry: str) -> None:
-    """Run a ``@hydra.main`` function so composition errors end as one ``error:`` line and exit 2.
-
-    ``HYDRA_FULL_ERROR=1`` set by the user keeps Hydra's full report and traceback.
-    """
-    import atexit
-    import gc
-    import os
-    import sys
-
-    from hydra.errors import ConfigCompositionException, HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    # At exit, skip the interpreter's last garbage collections over the millions of objects torch,
-    # diffusers and transformers create at import: about 2 s per process (runs, closes and flushes
-    # happen before this; only the final cycle collection of module objects is skipped).
-    atexit.register(gc.freeze)
-    if os.environ.get("HYDRA_FULL_ERROR"):
-        main()
-        return
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of Hydra's printer
-    try:
-        main()
-    except (ConfigCompositionException, OmegaConfBaseException) as exc:
-        print(f"error: {compose_error_line(exc, entry)}", file=sys.stderr)
-        sys.exit(2)
-    except HydraException as exc:  # e.g. the sweeper's SweepError: already "problem: fix" on one line
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)

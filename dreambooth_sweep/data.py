@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from dreambooth_sweep.config import ConfigError
-from dreambooth_sweep.locks import file_lock
+from dreambooth_sweep.files import file_lock
+from dreambooth_sweep.images import IMAGE_SUFFIXES, open_image, unreadable_reason
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -39,23 +40,6 @@ __all__ = [
     "load_instance_images",
     "preprocess",
 ]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode → 8-bit RGB. Transparency is composited on white; 16-bit is scaled, not clipped."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
 
 
 def load_images(
@@ -80,11 +64,9 @@ def load_images(
     skipped: list[str] = []
     for path in files:
         try:
-            with Image.open(path) as im:
-                im.load()
-                images.append((path, to_rgb(im)))
+            images.append((path, open_image(path)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            skipped.append(f"{path.name} ({_unreadable_reason(path, exc)})")
+            skipped.append(f"{path.name} ({unreadable_reason(path, exc)})")
             continue
         if max_images is not None and len(images) >= max_images:
             break
@@ -96,17 +78,6 @@ def load_images(
     if skipped:
         warnings.warn(f"skipped unreadable files in {folder}: {', '.join(skipped)}", stacklevel=2)
     return images
-
-
-def _unreadable_reason(path: Path, exc: BaseException) -> str:
-    """Why Pillow could not read ``path``, in a few words."""
-    if path.stat().st_size == 0:
-        return "empty file"
-    if isinstance(exc, Image.DecompressionBombError):
-        return "too many pixels: over Pillow's decompression-bomb limit"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image"
-    return f"corrupt or truncated: {' '.join(str(exc).split())[:80] or type(exc).__name__}"
 
 
 DEMO_DIRNAME = "demo_toy"

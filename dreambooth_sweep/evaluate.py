@@ -32,7 +32,6 @@ import copy
 import json
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -44,15 +43,15 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
-from dreambooth_sweep.metrics import BestTracker, MetricSuite, sweet_spot_score
+from dreambooth_sweep.metrics import MetricSuite
 from dreambooth_sweep.models import Components, build_pipeline
+from dreambooth_sweep.objective import sweet_spot_score
 from dreambooth_sweep.prompts import eval_prompts, subset_indices
+from dreambooth_sweep.runtime import conf_dir, resolve_output_dir, run_task, set_cpu_threads, weight_dtype
 
 __all__ = [
     "EvalContext",
@@ -165,19 +164,10 @@ class Evaluator:
         self.instance_images = list(instance_images)
         self.sample_root = Path(output_dir) / "samples"
         self.suite = MetricSuite(cfg.eval, self.instance_images, cache_dir=cache_dir, device=device)
-        self.tracker = BestTracker()
         # Step-0 images per prompt index (and its class images): the baseline of every later subset.
         self._base_images: dict[int, list[Image.Image]] | None = None
         self._base_class: list[Image.Image] = []
         self._baselines: dict[tuple[int, ...], dict[str, float]] = {}
-
-    @property
-    def best_score(self) -> float:
-        return self.tracker.best_score
-
-    @property
-    def best_step(self) -> int | None:
-        return self.tracker.best_step
 
     def prompt_indices(self, step: int, final: bool) -> list[int]:
         """All prompts at step 0 and at the end; a fixed, evenly spaced subset in between."""
@@ -205,7 +195,6 @@ class Evaluator:
             full = self._score(indices, samples, class_images, base=ctx.step == 0)
             metrics.update({"eval_all/" + k.removeprefix("eval/"): v for k, v in full.items()})
         metrics["eval/seconds"] = time.perf_counter() - start
-        self.tracker.update(ctx.step, metrics["eval/score"])
 
         stem = ctx.label or f"step_{ctx.step:06d}"
         sample_dir = self._save_samples(self.sample_root / stem, samples, class_images)
@@ -530,14 +519,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """
     from dreambooth_sweep.data import load_instance_images
     from dreambooth_sweep.models import load_components
-    from dreambooth_sweep.train import resolve_output_dir, set_cpu_threads
 
     validate(cfg)
     cfg = copy.deepcopy(cfg)
     cfg.eval.num_prompts = None  # one final-style evaluation: eval/* over every prompt
     set_cpu_threads(cfg.train.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.mixed_precision, torch.float32)
+    dtype = weight_dtype(cfg.train.mixed_precision)
     if device.type == "cpu":
         dtype = torch.float32  # half-precision sampling on a CPU is slow and gains nothing here
     out = resolve_output_dir(cfg)
@@ -567,26 +555,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return dict(result.metrics)
 
 
-# Absolute, so the entry point works however it is imported (python -m, launchers that pickle it).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=conf_dir(), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
     """``python -m dreambooth_sweep.evaluate``: eval-only mode, prints where the results are."""
-    try:
-        return evaluate(cfg)
-    except ConfigError as exc:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # in a sweep, Hydra records the failed job and goes on
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":
     # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
     # (submitit) then pickle it by reference instead of dragging this module's globals along.
-    from dreambooth_sweep.config import run_hydra_entry
     from dreambooth_sweep.evaluate import main as task
+    from dreambooth_sweep.runtime import run_hydra_entry
 
     run_hydra_entry(task, "dreambooth_sweep.evaluate")

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from dreambooth_sweep.config import ConfigError
+from dreambooth_sweep.objective import BestTracker, sweet_spot_score
 from dreambooth_sweep.tiny import TINY_ID, ensure_tiny
 
 __all__ = [
@@ -900,51 +901,6 @@ class MetricSuite:
 # --------------------------------------------------------------------------------------------------
 # The sweet-spot objective
 # --------------------------------------------------------------------------------------------------
-
-
-def _metric(values: Mapping[str, float], key: str, what: str) -> float:
-    if key not in values:
-        raise ConfigError(
-            f"objective needs {key!r} but the {what} has only {sorted(values)}: add it to eval.metrics or change eval.objective"
-        )
-    return float(values[key])
-
-
-def sweet_spot_score(metrics: Mapping[str, float], baseline: Mapping[str, float], objective: Any) -> float:
-    """Scalar objective of one checkpoint: subject fidelity, minus a penalty for lost prompt fidelity.
-
-    ``score = metrics[m] - λ · max(0, baseline[p] - metrics[p] - tol)`` with ``m = objective.metric``
-    (default ``eval/dino``), ``p = objective.prompt_metric`` (``eval/clip_t``), ``λ = objective.penalty``
-    and ``tol = objective.tolerance``. ``baseline`` holds the step-0 (base model) metrics, so prompt
-    fidelity may drop by ``tol`` for free, then every further unit costs λ units of fidelity. At
-    step 0 the penalty is zero and the score is the base model's subject fidelity.
-
-    Raises:
-        ConfigError: a metric the objective names was not computed.
-    """
-    fidelity = _metric(metrics, objective.metric, "metrics")
-    drop = _metric(baseline, objective.prompt_metric, "baseline") - _metric(
-        metrics, objective.prompt_metric, "metrics"
-    )
-    return fidelity - float(objective.penalty) * max(0.0, drop - float(objective.tolerance))
-
-
-@dataclass
-class BestTracker:
-    """The best (score, step) seen across checkpoints.
-
-    Ties keep the earlier step (fewer steps: less overfit for the same score); NaN never wins.
-    """
-
-    best_score: float = -math.inf
-    best_step: int | None = None
-
-    def update(self, step: int, score: float) -> bool:
-        """Record a checkpoint's score; True when it is the new best."""
-        if math.isnan(score) or score <= self.best_score:
-            return False
-        self.best_score, self.best_step = float(score), int(step)
-        return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dreambooth_sweep.config import ConfigError
-from dreambooth_sweep.locks import file_lock
+from dreambooth_sweep.files import file_lock
 
 __all__ = [
     "BATCH_WINDOW_S",

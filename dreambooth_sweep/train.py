@@ -32,10 +32,7 @@ import gc
 import json
 import logging
 import math
-import os
-import random
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -43,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -53,8 +49,17 @@ from omegaconf import DictConfig
 from dreambooth_sweep import data as data_lib
 from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments, trim_heap
 from dreambooth_sweep.config import ConfigError, register_configs, validate
+from dreambooth_sweep.files import atomic_replace_dir, remove_dir
 from dreambooth_sweep.methods import Method, build_method
 from dreambooth_sweep.models import Components, build_pipeline, load_components, resolve_pretrained
+from dreambooth_sweep.runtime import (
+    conf_dir,
+    resolve_output_dir,
+    run_task,
+    set_cpu_threads,
+    untouched_training_state,
+)
+from dreambooth_sweep.runtime import weight_dtype as dtype_for
 
 log = logging.getLogger("dreambooth_sweep.train")
 
@@ -64,31 +69,6 @@ register_configs()
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def resolve_output_dir(cfg: DictConfig) -> Path:
-    """This run's folder: ``paths.output_dir``, else Hydra's run dir, else a fresh timestamped dir."""
-    if cfg.paths.output_dir:
-        out = Path(cfg.paths.output_dir)
-    else:
-        if HydraConfig.initialized():
-            out = Path(HydraConfig.get().runtime.output_dir)
-        else:
-            import time
-
-            out = Path(cfg.paths.log_dir) / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def set_cpu_threads(requested: int | None) -> None:
-    """One torch thread per core at most: oversubscribed threads make tiny forwards 100× slower."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(requested or cores, cores)))
-
-
-def _weight_dtype(mixed_precision: str) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
 def _find_checkpoint(resume_from: str, out: Path) -> Path:
@@ -107,36 +87,6 @@ def _find_checkpoint(resume_from: str, out: Path) -> Path:
             "pass <run dir>/checkpoints/checkpoint-<step> or 'latest'"
         )
     return path
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextmanager
-def untouched_training_state(*modules: torch.nn.Module) -> Iterator[None]:
-    """Evaluation inside leaves RNG streams, train/eval flags and gradients exactly as they were."""
-    rng = _rng_state()
-    modes = [[m.training for m in module.modules()] for module in modules]
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, flags in zip(modules, modes, strict=True):
-            for m, flag in zip(module.modules(), flags, strict=True):
-                m.training = flag
-        _set_rng_state(rng)
 
 
 # A full disk shows up as OSError(ENOSPC), or as torch's / safetensors' own errors ("file write failed",
@@ -173,26 +123,6 @@ def _writing(tmp: Path, what: str, *, clean_up: bool = True) -> Iterator[None]:
                 "(earlier checkpoints are intact)"
             ) from exc
         raise
-
-
-def _remove_dir(path: Path) -> None:
-    """Delete a folder so that an interruption never leaves it half-deleted under its real name."""
-    doomed = path.with_name(f".{path.name}.deleting")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place; a crash before this leaves only the old one."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 # ----------------------------------------------------------------------------- base model
@@ -349,7 +279,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             mixed_precision=t.mixed_precision,
             project_config=ProjectConfiguration(project_dir=str(out)),
         )
-        device, weight_dtype = accelerator.device, _weight_dtype(t.mixed_precision)
+        device, weight_dtype = accelerator.device, dtype_for(t.mixed_precision)
         torch.manual_seed(t.seed)  # model-independent global seed; training noise has its own generator
 
         # 2. The base model, and what the method trains of it: new tokens / LoRA adapters are added,
@@ -741,11 +671,11 @@ def _save_checkpoint(
             )
     accelerator.wait_for_everyone()  # all of it is in tmp before it becomes the checkpoint
     if accelerator.is_main_process:
-        _atomic_replace_dir(tmp, final)
+        atomic_replace_dir(tmp, final)
         if limit:
             done = sorted(root.glob("checkpoint-*"), key=lambda q: int(q.name.split("-")[-1]))
             for old in done[:-limit]:
-                _remove_dir(old)
+                remove_dir(old)
     log.info("checkpoint saved: %s", final)
 
 
@@ -757,7 +687,7 @@ def _save_final(method: Method, unet: Any, text_encoder: Any, ema: Any, out: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     with _writing(tmp, "the final model"):
         files = method.save(tmp, unet, text_encoder)
-    _atomic_replace_dir(tmp, final)
+    atomic_replace_dir(tmp, final)
     log.info("model saved: %s (%s)", final, ", ".join(sorted(f.name for f in final.iterdir())))
     return final, files
 
@@ -765,26 +695,16 @@ def _save_final(method: Method, unet: Any, text_encoder: Any, ema: Any, out: Pat
 # ----------------------------------------------------------------------------- entry point
 
 
-# Absolute, so the entry point works however it is imported (python -m, launchers that pickle it).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@hydra.main(config_path=conf_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict[str, float]:
     """``python -m dreambooth_sweep.train``: returns the metrics dict, which sweepers read."""
-    try:
-        return train(cfg)
-    except ConfigError as exc:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # in a sweep the sweeper records the failed job and goes on
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return run_task(train, cfg)
 
 
 if __name__ == "__main__":
     # Run the importable module's `main`, not this __main__ copy: launchers that pickle the task
     # (submitit) then pickle it by reference instead of dragging this module's globals along.
-    from dreambooth_sweep.config import run_hydra_entry
+    from dreambooth_sweep.runtime import run_hydra_entry
     from dreambooth_sweep.train import main as task
 
     run_hydra_entry(task, "dreambooth_sweep.train")

@@ -98,7 +98,7 @@ def test_eval_scheduler_names_match_the_model_layer() -> None:
     ],
 )
 def test_compose_errors_fold_into_one_line_with_a_fix(override: str, needles: list[str]) -> None:
-    from dreambooth_sweep.config import compose_error_line
+    from dreambooth_sweep.errors import compose_error_line
 
     with pytest.raises(Exception) as info:
         compose_config([override])

@@ -457,17 +457,6 @@ def test_sweet_spot_score_arithmetic() -> None:
         M.sweet_spot_score({"eval/clip_t": 0.3}, baseline, objective)
 
 
-def test_best_tracker() -> None:
-    best = M.BestTracker()
-    assert best.best_step is None and best.best_score == -math.inf
-    assert best.update(0, 0.30)
-    assert best.update(100, 0.55)
-    assert not best.update(200, 0.50)
-    assert not best.update(300, 0.55)  # a tie keeps the earlier checkpoint
-    assert not best.update(400, float("nan"))
-    assert (best.best_step, best.best_score) == (100, 0.55)
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
