@@ -24,7 +24,15 @@ from dreambooth_sweep.report.model import (
 )
 from dreambooth_sweep.tracking.secrets import mask_text
 
-__all__ = ["figure_px", "label_digits", "plot_curves", "plot_heatmaps", "plot_pareto"]
+__all__ = [
+    "draw_heatmaps",
+    "draw_pareto",
+    "figure_px",
+    "label_digits",
+    "plot_curves",
+    "plot_heatmaps",
+    "plot_pareto",
+]
 
 DPI = 100
 
@@ -81,6 +89,12 @@ def _empty(ax: Any, text: str = "no values (yet)") -> None:
 
 def plot_heatmaps(sweep: Sweep, path: Path) -> Path:
     """2×2 heatmaps (DINO, CLIP-I, CLIP-T, score): rows = trials by swept values, columns = steps."""
+    draw_heatmaps(sweep).savefig(path, dpi=DPI)
+    return path
+
+
+def draw_heatmaps(sweep: Sweep) -> Any:
+    """The figure of :func:`plot_heatmaps`."""
     import matplotlib
     import numpy as np
     from matplotlib.patches import Rectangle
@@ -125,8 +139,7 @@ def plot_heatmaps(sweep: Sweep, path: Path) -> Path:
             ax.add_patch(Rectangle((col[spot[1]] - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
     title = f"{row_axis} × steps — red box: sweet spot (best eval/score overall); dot: best trained step of each row"
     fig.suptitle(title, fontsize=12)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
 
 
 def plot_curves(sweep: Sweep, path: Path) -> Path:
@@ -185,18 +198,19 @@ def _mark_reference(ax: Any, x: float, y: float, text: str) -> None:
         ax.plot(x, y, "D", ms=9, color="black", mfc="white", zorder=4)
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
         return
-    du, dv = u - 0.5, v - 0.5
-    scale = 0.47 / max(abs(du), abs(dv))  # onto a box just inside the axes
-    tip = (0.5 + du * scale, 0.5 + dv * scale)
-    tail = (0.5 + du * scale * 0.72, 0.5 + dv * scale * 0.72)
+    # Arrow from inside the axes to the edge (or corner) on the point's side; the text sits at its tail.
+    side_u = -1 if u < 0 else (1 if u > 1 else 0)
+    side_v = -1 if v < 0 else (1 if v > 1 else 0)
+    tip = (min(max(u, 0.02), 0.98), min(max(v, 0.02), 0.98))
+    tail = (tip[0] - 0.1 * side_u, tip[1] - 0.1 * side_v)
     ax.annotate(
-        f"{text} (outside this view)",
+        f"{text}\n(outside this view)",
         xy=tip,
         xytext=tail,
         xycoords="axes fraction",
         textcoords="axes fraction",
-        ha="center",
-        va="center",
+        ha={-1: "left", 0: "center", 1: "right"}[side_u],
+        va={-1: "bottom", 0: "center", 1: "top"}[side_v],
         fontsize=8,
         bbox={"boxstyle": "round", "fc": "white", "ec": "gray", "alpha": 0.9},
         arrowprops={"arrowstyle": "-|>", "color": "black", "lw": 1.2},
@@ -206,6 +220,12 @@ def _mark_reference(ax: Any, x: float, y: float, text: str) -> None:
 
 def plot_pareto(sweep: Sweep, path: Path) -> Path:
     """DINO vs CLIP-T of every checkpoint, the Pareto front, the sweet spot and the paper's point."""
+    draw_pareto(sweep).savefig(path, dpi=DPI)
+    return path
+
+
+def draw_pareto(sweep: Sweep) -> Any:
+    """The figure of :func:`plot_pareto`; its axes span the checkpoints only."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
 
@@ -254,5 +274,4 @@ def plot_pareto(sweep: Sweep, path: Path) -> Path:
     ax.set_title("Every checkpoint of every trial: up and right is better")
     ax.grid(alpha=0.3)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig

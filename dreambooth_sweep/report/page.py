@@ -100,8 +100,8 @@ def _state_td(t: Trial) -> str:
 
 def _table(table_id: str, head: Sequence[str], body: Sequence[str]) -> str:
     return (
-        f'<div class="tablewrap"><table class="sortable" id="{table_id}"><thead><tr>{"".join(head)}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table></div>"
+        f'<table class="sortable" id="{table_id}"><thead><tr>{"".join(head)}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 

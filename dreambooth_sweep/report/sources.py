@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreambooth_sweep.errors import one_line
 from dreambooth_sweep.report.model import INTERNAL, ReportError, Sweep, Trial, is_number, override_key
 from dreambooth_sweep.report.overrides import load_yaml, parse_overrides, select
 from dreambooth_sweep.report.runs import MlflowSweep, merge_mlflow
@@ -233,14 +234,17 @@ def read_study(storage: str, study_name: str) -> list[Any]:
     from dreambooth_sweep.sweep import open_storage
 
     _check_storage(storage)
-    store = open_storage(storage)
     try:
+        store = open_storage(storage)
         study = optuna.load_study(study_name=study_name, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
         raise ReportError(
             f"no study {study_name!r} in {mask_text(storage)}; studies there: {names}"
         ) from None
+    except Exception as e:  # no driver, no server, no such database: one line, password masked
+        reason = mask_text(one_line(e, 200, with_type=True))
+        raise ReportError(f"Optuna storage {mask_text(storage)} not readable: {reason}") from None
     return study.get_trials(deepcopy=False)
 
 
