@@ -285,7 +285,12 @@ def test_evaluator_grid_matches_rows_and_columns(eval_cfg, components, tmp_path)
     demo_photos = 6  # conftest's demo subject: 6 photos, 2·3 = 6 per strip row
     assert result.grid.size == (  # seed labels above the columns, TILE_GAP between tiles
         LABEL_W + cols * cell + (cols - 1) * TILE_GAP,
-        TITLE_H + -(-demo_photos // 6) * (cell // 2) + GAP + COL_LABEL_H + rows * cell + (rows - 1) * TILE_GAP,
+        TITLE_H
+        + -(-demo_photos // 6) * (cell // 2)
+        + GAP
+        + COL_LABEL_H
+        + rows * cell
+        + (rows - 1) * TILE_GAP,
     )
     assert Image.open(result.grid_path).size == result.grid.size
 
