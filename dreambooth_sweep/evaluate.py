@@ -71,6 +71,8 @@ MAX_CELL = 256
 LABEL_W = 200
 TITLE_H = 24
 GAP = 4
+TILE_GAP = 4  # white space between sample tiles, so neighbouring images never run into each other
+COL_LABEL_H = 14  # the strip above the samples naming each column's seed
 MAX_REF_ROWS = 2
 
 
@@ -198,12 +200,19 @@ class Evaluator:
 
         stem = ctx.label or f"step_{ctx.step:06d}"
         sample_dir = self._save_samples(self.sample_root / stem, samples, class_images)
+        # Column labels name the prompts' seeds; the class-prompt row draws seeds 0..n-1 (see _generate jobs).
+        columns = [f"seed {seed}" for seed in self.seeds]
+        columns += [f"seed {c}" for c in range(len(columns), self.num_class)]
+        class_label = f"class prompt (PRES): {self.class_prompt}"
+        if self.num_class and list(self.seeds) != list(range(len(self.seeds))):
+            class_label += f" (seeds 0-{self.num_class - 1})"
         grid = make_grid(
             [(self.prompts[i], samples[i]) for i in indices]
-            + ([(f"class prompt (PRES): {self.class_prompt}", class_images)] if class_images else []),
+            + ([(class_label, class_images)] if class_images else []),
             title=self._title(ctx),
             reference=self.instance_images,
             cell=min(int(self.eval_cfg.resolution), MAX_CELL),
+            col_labels=columns,
         )
         grid_path = self.sample_root / f"{stem}.png"
         grid.save(grid_path)
@@ -413,22 +422,29 @@ def make_grid(
     title: str,
     reference: Sequence[Image.Image] = (),
     cell: int = 128,
+    col_labels: Sequence[str] = (),
+    gap: int = TILE_GAP,
 ) -> Image.Image:
-    """A labelled sample grid: title, a strip of reference photos, then one row per prompt.
+    """A labelled sample grid: title, a strip of reference photos, column labels, then one row per prompt.
 
-    Layout: width ``LABEL_W + cols·cell``; height ``TITLE_H + ref_rows·(cell//2) + GAP + len(rows)·cell``
-    where ``cols`` is the longest row and the reference strip holds ``2·cols`` photos per row, at most
-    ``MAX_REF_ROWS`` rows (``ref_rows`` is 0 without reference photos).
+    Layout: width ``LABEL_W + cols·cell + (cols-1)·gap``; height ``TITLE_H + ref_rows·(cell//2) + GAP
+    + head + len(rows)·cell + (len(rows)-1)·gap`` where ``cols`` is the longest row, ``head`` is
+    ``COL_LABEL_H`` when ``col_labels`` are given (one per column, e.g. ``seed 0``) and 0 otherwise,
+    and the reference strip holds as many half-cell photos per row as fit the samples' width, at most
+    ``MAX_REF_ROWS`` rows (``ref_rows`` is 0 without reference photos). Tiles are ``gap`` pixels apart
+    on the white background.
     """
     font = ImageFont.load_default()
     cols = max((len(images) for _, images in rows), default=1)
+    inner = cols * cell + (cols - 1) * gap
     thumb = max(cell // 2, 1)
-    per_ref_row = max(1, (cols * cell) // thumb)
+    per_ref_row = max(1, inner // thumb)
     ref_rows = min(MAX_REF_ROWS, math.ceil(len(reference) / per_ref_row))
     shown = list(reference)[: ref_rows * per_ref_row]
     ref_h = ref_rows * thumb
-    width = LABEL_W + cols * cell
-    height = TITLE_H + ref_h + GAP + len(rows) * cell
+    head = COL_LABEL_H if col_labels else 0
+    width = LABEL_W + inner
+    height = TITLE_H + ref_h + GAP + head + len(rows) * cell + max(len(rows) - 1, 0) * gap
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     line_h = font.getbbox("Ag")[3] + 3
@@ -443,12 +459,17 @@ def make_grid(
             grid.paste(_fit(image, thumb), (LABEL_W + c * thumb, TITLE_H + r * thumb))
     top = TITLE_H + ref_h + GAP
     draw.line([(0, top - GAP // 2), (width, top - GAP // 2)], fill=(160, 160, 160), width=1)
+    for c, text in enumerate(list(col_labels)[:cols]):
+        line = _wrap(text, font, cell - 4, 1)[0]
+        x = LABEL_W + c * (cell + gap) + max(0, (cell - int(font.getlength(line))) // 2)
+        draw.text((x, top + (head - line_h) // 2 + 1), line, fill=(90, 90, 90), font=font)
+    top += head
     for r, (label, images) in enumerate(rows):
-        y = top + r * cell
+        y = top + r * (cell + gap)
         for k, line in enumerate(_wrap(label, font, LABEL_W - 8, max(1, (cell - 4) // line_h))):
             draw.text((4, y + 2 + k * line_h), line, fill="black", font=font)
         for c, image in enumerate(images):
-            grid.paste(_fit(image, cell), (LABEL_W + c * cell, y))
+            grid.paste(_fit(image, cell), (LABEL_W + c * (cell + gap), y))
     return grid
 
 

@@ -86,6 +86,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreambooth_sweep.config import ConfigError
 from dreambooth_sweep.files import file_lock
+from dreambooth_sweep.tracking.secrets import MASK, is_secret_key, mask_secrets, mask_text  # noqa: F401 (re-exported until the split)
 
 __all__ = [
     "BATCH_WINDOW_S",
@@ -178,48 +179,6 @@ def _artifact_root(uri: str, log_dir: Path) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 # Secrets and params
 
-_SECRET_KEY = re.compile(r"token|password|passwd|secret|api_?key|credential", re.IGNORECASE)
-# ML vocabulary that merely contains "token": not secrets.
-_NOT_SECRET_KEY = re.compile(
-    r"tokeniz|placeholder_token|initializer_token|num_tokens|max_tokens|token_ids?\b|tokens_per",
-    re.IGNORECASE,
-)
-_URL_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.-])(?P<head>[A-Za-z][A-Za-z0-9+.-]{0,30}://[^:/@\s]*):[^@/\s]+@")
-# key=value pairs inside strings such as Hydra override lists: "db.password=abc,train.lr=1".
-_KV_SECRET = re.compile(
-    r"(?<![\w.])(?P<key>[\w.]{0,100}?(?:token|password|passwd|secret|api_?key|credential)[\w.]{0,100}=)"
-    r"[^,\s'\"\]]+",
-    re.IGNORECASE,
-)
-MASK = "***"
-
-
-def _is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_KEY.search(key)
-
-
-def _mask_str(text: str) -> str:
-    if "://" in text:
-        text = _URL_PASSWORD.sub(rf"\g<head>:{MASK}@", text)
-    if "=" not in text:
-        return text
-
-    def kv(m: re.Match[str]) -> str:
-        return m.group(0) if not _is_secret_key(m.group("key")) else m.group("key") + MASK
-
-    return _KV_SECRET.sub(kv, text)
-
-
-def mask_secrets(obj: Any, key: str = "") -> Any:
-    """Copy of a plain container with secret values replaced by ``***`` (see the module docstring)."""
-    if isinstance(obj, Mapping):
-        return {k: mask_secrets(v, str(k)) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [mask_secrets(v, key) for v in obj]
-    if key and _is_secret_key(key) and obj not in (None, "", "???"):
-        return MASK
-    return _mask_str(obj) if isinstance(obj, str) else obj
-
 
 def _config_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Resolved plain dict of a config; unresolved where an interpolation cannot be resolved here."""
@@ -249,11 +208,11 @@ def flatten_params(container: Mapping[str, Any], prefix: str = "") -> dict[str, 
 def _one_line(exc: BaseException, limit: int = 500) -> str:
     msg = " ".join(str(exc).split())
     text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-    return _mask_str(text)[:limit]
+    return mask_text(text)[:limit]
 
 
 def _tag_value(value: Any) -> str:
-    return _mask_str(str(value))[:_MAX_TAG_VAL]
+    return mask_text(str(value))[:_MAX_TAG_VAL]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -453,7 +412,7 @@ def _check_reachable(uri: str) -> None:
     except requests.RequestException as e:
         reason = type(e).__name__
         raise ConfigError(
-            f"MLflow tracking server {_mask_str(uri)} is unreachable ({reason}): "
+            f"MLflow tracking server {mask_text(uri)} is unreachable ({reason}): "
             "start it (mlflow server ...), fix tracking.uri, or set tracking=none"
         ) from None
 
@@ -499,7 +458,7 @@ def _setup_error(uri: str, exc: Exception) -> ConfigError:
     if isinstance(exc, ConfigError):
         return exc
     return ConfigError(
-        f"MLflow tracking at {_mask_str(uri)} failed to start ({_one_line(exc, 300)}): "
+        f"MLflow tracking at {mask_text(uri)} failed to start ({_one_line(exc, 300)}): "
         "fix tracking.uri or set tracking=none"
     )
 
@@ -804,7 +763,7 @@ class _Sender(threading.Thread):
                         log.warning(
                             "MLflow server %s is unreachable: training continues, log calls are buffered "
                             "in memory and retried every %g s",
-                            _mask_str(self.uri),
+                            mask_text(self.uri),
                             RETRY_INTERVAL_S,
                         )
                     self.abandon.wait(RETRY_INTERVAL_S)
@@ -821,7 +780,7 @@ class _Sender(threading.Thread):
             if self.offline_since is not None:
                 log.warning(
                     "MLflow server %s is back after %.0f s: delivering buffered log calls",
-                    _mask_str(self.uri),
+                    mask_text(self.uri),
                     time.monotonic() - self.offline_since,
                 )
                 self.offline_since = None
@@ -844,7 +803,7 @@ class _Sender(threading.Thread):
             log.warning(
                 "MLflow server %s unreachable for %.0f s at the end of the run: %d log call(s) not "
                 "delivered; the run stays RUNNING there",
-                _mask_str(self.uri),
+                mask_text(self.uri),
                 flush_timeout,
                 max(self.undelivered, 1),
             )
