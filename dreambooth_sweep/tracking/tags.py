@@ -41,6 +41,7 @@ __all__ = [
     "TAG_STALE",
     "TAG_SUBJECT",
     "TAG_SWEEP_ID",
+    "UI_QUERY",
     "grid_sweep_id",
     "optuna_sweep_id",
 ]
@@ -87,6 +88,9 @@ TAG_LOGGED_IMAGES = "mlflow.loggedImages"  # set by MlflowClient.log_image
 # custom_model_development, finetuning, ...; "custom_model_development" opens the training-runs list.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.5+ ignores that tag for the first view: a global "GenAI | Model training" switch decides
+# (default GenAI, remembered by the browser); a UI link with this query opens "Model training".
+UI_QUERY = "workflowType=machine_learning"
 
 
 def _filter_safe(sweep_id: str) -> str:

@@ -55,10 +55,17 @@ from dreambooth_sweep.tracking.params import (
     tag_value,
 )
 from dreambooth_sweep.tracking.runs import locate, plan_run, run_tags
-from dreambooth_sweep.tracking.secrets import mask_secrets, masked_line
+from dreambooth_sweep.tracking.secrets import mask_secrets, mask_text, masked_line
 from dreambooth_sweep.tracking.sender import Op, Sender
 from dreambooth_sweep.tracking.stale import finish_parent_if_idle
-from dreambooth_sweep.tracking.store import connect, lock_file, resolve_uri, setup_error, startup_limits
+from dreambooth_sweep.tracking.store import (
+    connect,
+    is_http,
+    lock_file,
+    resolve_uri,
+    setup_error,
+    startup_limits,
+)
 from dreambooth_sweep.tracking.system_metrics import SystemMetrics, system_metrics_available
 from dreambooth_sweep.tracking.tags import (
     TAG_BEST_RUN_ID,
@@ -177,6 +184,14 @@ class Tracker:
                 self._create_run()
             except Exception as e:
                 raise setup_error(self.uri, e) from e
+        if is_http(self.uri):
+            log.info(
+                "MLflow run: %s/#/experiments/%s/runs/%s?%s",
+                mask_text(self.uri.rstrip("/")),
+                self.experiment_id,
+                self.run_id,
+                UI_QUERY,
+            )
         self._sender = Sender(self._client, self.uri)
         self._sender.start()
         self.log_config(self.cfg)
