@@ -72,6 +72,7 @@ from dreambooth_sweep.tracking.tags import (
     TAG_BEST_RUN_NAME,
     TAG_ERROR,
     TAG_PRUNED,
+    UI_QUERY,
 )
 
 if TYPE_CHECKING:
