@@ -120,7 +120,7 @@ MLFLOW_DB ?= sqlite:///$(abspath $(or $(DREAMBOOTH_SWEEP_ROOT),.)/outputs)/mlflo
 UI_PORT ?= 5000
 
 ui: install ## MLflow UI over outputs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=)
-	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_DB); Ctrl-C to stop)"
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning  (store: $(MLFLOW_DB); Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)
 
 DASHBOARD_PORT ?= 8080

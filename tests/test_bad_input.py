@@ -16,7 +16,7 @@ elsewhere are listed, not repeated:
 | out-of-range values, unknown scheduler/optimizer   | ConfigError before loading                  | here, test_config.py::test_bad_values_get_one_line_errors |
 | empty search space, unknown sampler/pruner         | SweepError, one line                        | here (CLI), test_sweep.py::test_bad_settings_exit_with_a_one_line_error |
 | unreachable model id / not a pipeline folder       | ConfigError                                 | here, test_train.py::test_unloadable_model_is_a_config_error |
-| tracking server unreachable at start               | ConfigError before training, exit 2         | here (CLI), test_tracking.py::test_unreachable_server_fails_fast_with_one_line |
+| tracking server unreachable at start               | ConfigError before training, exit 2         | here (CLI), tracking/test_store.py::test_unreachable_server_fails_fast_with_one_line |
 | disk full while saving a checkpoint / the model    | ConfigError, earlier checkpoints and model intact | here |
 """
 

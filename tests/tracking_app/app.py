@@ -1,4 +1,4 @@
-"""A tiny Hydra app for tests/test_tracking.py: each job is a tracked "training" run.
+"""A tiny Hydra app for tests/tracking/: each job is a tracked "training" run.
 
     python tests/tracking_app/app.py -m train.lr=1e-6,2e-6 model.name=tiny ...
 
