@@ -1,7 +1,8 @@
-"""Optuna sweeper: ask a batch of trials, launch them as Hydra jobs, tell Optuna how each ended.
+"""Optuna search as a Hydra sweeper: ask a batch of trials, launch them as jobs, tell Optuna how each ended.
 
 Hydra finds it through the thin plugin ``hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper``, which
-imports this module (and Optuna) only when a sweep starts. Search spaces: :mod:`dreambooth_sweep.search_space`.
+imports this module (and Optuna) only when a sweep starts. Search spaces:
+:mod:`dreambooth_sweep.sweep.search_space`; storages: :mod:`dreambooth_sweep.sweep.storage`.
 
 1. The search space comes from ``hydra.sweeper.params`` and from sweep overrides on the command line
    (``train.lr='tag(log, interval(1e-7, 1e-5))'``); other overrides reach every job unchanged.
@@ -9,7 +10,7 @@ imports this module (and Optuna) only when a sweep starts. Search spaces: :mod:`
    ``n_trials`` trials have finished.
 3. Each batch of ``n_jobs`` trials is sampled up front and launched through the configured Hydra
    launcher, each job with its parameters and ``sweep.study_name/storage/trial_number``. A job reports
-   checkpoint scores to its trial and is pruned there (:class:`dreambooth_sweep.sweep.TrialReporter`).
+   checkpoint scores to its trial and is pruned there (:class:`dreambooth_sweep.sweep.job.TrialReporter`).
 4. A job that returns → COMPLETE with the value(s) under ``objective(s)`` of its returned dict; one that
    raised ``optuna.TrialPruned`` → PRUNED; any other exception (out of memory, a bug) → FAIL with a
    ``fail_reason`` user attr. The sweep goes on unless too many of its trials failed.
@@ -19,16 +20,22 @@ While a batch runs, the sweeper stamps a ``heartbeat`` user attr on its trials e
 ``heartbeat_interval`` seconds. A RUNNING trial whose heartbeat is older than three intervals was left
 by a killed sweeper: the next sweeper on the study fails it with the user attr ``interrupted: true``.
 Interrupted trials (also those of a sweep stopped with Ctrl-C) do not count towards ``n_trials``.
+
+Seeds: workers of one study never run the same point twice. A sweeper that opens an empty study
+seeds its sampler with the configured seed (one process from an empty study is reproducible); one
+that joins a study already holding N trials (a resumed sweep, a late worker) derives its seed from
+(seed, study name, N). Workers started together on an empty study draw the same first point: the
+later ask sees the earlier one's trial with the same parameters, gives its own back (interrupted,
+``reason: duplicate``) and draws again with a seed derived from its trial number, unique in the study.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import inspect
 import logging
 import math
-import os
-import re
 import threading
 import time
 import traceback
@@ -46,28 +53,26 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from dreambooth_sweep.search_space import format_value, grid_search_space, parse_search_space
-from dreambooth_sweep.sweep import (
+from dreambooth_sweep.errors import one_line
+from dreambooth_sweep.objective import best_of
+from dreambooth_sweep.sweep.errors import SweepError
+from dreambooth_sweep.sweep.job import numeric_metrics
+from dreambooth_sweep.sweep.search_space import format_value, grid_search_space, parse_search_space
+from dreambooth_sweep.sweep.storage import (
     JOURNAL_PREFIX,
-    SweepError,
-    numeric_metrics,
+    job_storage_override,
     open_storage,
     release_job_storages,
 )
+from dreambooth_sweep.tracking.secrets import mask_text
 
-__all__ = ["STORAGE_ENV", "OptunaSweeper", "SweepError", "job_storage_override"]
+__all__ = ["OptunaSearch", "derive_seed"]
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers of the sweeper
-
-
-def _one_line(exc: BaseException, limit: int = 500) -> str:
-    message = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
@@ -80,11 +85,23 @@ def _tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
             raise
 
 
-def _build(what: str, cfg: Any, base: type, defaults: Mapping[str, Callable[[], Any]]) -> tuple[Any, dict]:
+def derive_seed(*parts: object) -> int:
+    """A 32-bit sampler seed from the configured seed and what sets this draw apart in the study."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _build(
+    what: str,
+    cfg: Any,
+    base: type,
+    defaults: Mapping[str, Callable[[], Any]],
+    force: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict]:
     """Instantiate a ``{_target_: ...}`` config of an Optuna sampler or pruner, with one-line errors.
 
-    ``defaults`` fill constructor arguments the config leaves out (a sampler's seed, the grid).
-    Returns the object and the config it was built from.
+    ``defaults`` fill constructor arguments the config leaves out (the grid), ``force`` replaces
+    them (the sampler seed this process derived). Returns the object and the config it was built from.
     """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     if not isinstance(cfg, dict) or "_target_" not in cfg:
@@ -101,34 +118,40 @@ def _build(what: str, cfg: Any, base: type, defaults: Mapping[str, Callable[[], 
         )
     accepted = inspect.signature(cls).parameters
     cfg.update({key: make() for key, make in defaults.items() if key in accepted and key not in cfg})
+    cfg.update({key: value for key, value in (force or {}).items() if key in accepted})
     try:
         return instantiate(cfg, _convert_="all"), cfg
     except Exception as e:
-        raise SweepError(f"hydra.sweeper.{what}: {target}: {_one_line(e.__cause__ or e)}") from None
+        raise SweepError(
+            f"hydra.sweeper.{what}: {target}: {one_line(e.__cause__ or e, with_type=True)}"
+        ) from None
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]+@")
-
-# Where jobs read a storage URL that carries a password (see job_storage_override).
-STORAGE_ENV = "DBS_SWEEP_STORAGE"
-
-
-def _hide_password(url: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***@", url)
+# Draws of one ask that may repeat another trial's parameters before the repeat is kept.
+MAX_REDRAWS = 5
+# States whose parameters a new trial should not repeat (FAIL may be worth a retry).
+_TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-def job_storage_override(url: str, environ: Any = os.environ) -> str:
-    """The ``sweep.storage`` override of every job.
+def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
-    Hydra writes overrides to its launcher log line and to each job's ``.hydra/*.yaml``: a URL with a
-    password goes to the environment variable ``DBS_SWEEP_STORAGE`` instead (set here in ``environ``,
-    which in-process and local launchers pass on to their jobs; a remote launcher's workers need it
-    set themselves), and the override is the literal interpolation ``${oc.env:DBS_SWEEP_STORAGE}``.
-    """
-    if not _URL_PASSWORD.search(url):
-        return f"sweep.storage={format_value(url)}"
-    environ[STORAGE_ENV] = url
-    return f"sweep.storage=${{oc.env:{STORAGE_ENV}}}"
+
+def _space_size(space: Mapping[str, BaseDistribution]) -> int | None:
+    """How many points a discrete search space has; None if any dimension is continuous."""
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
+            size *= (dist.high - dist.low) // dist.step + 1
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            size *= dist.high - dist.low + 1
+        elif isinstance(dist, optuna.distributions.FloatDistribution) and dist.step is not None:
+            size *= round((dist.high - dist.low) / dist.step) + 1
+        else:
+            return None
+    return size
 
 
 def _drop_traceback(exc: BaseException) -> None:
@@ -172,11 +195,23 @@ class _Heartbeat:
                 log.debug("heartbeat of trial %d: %s", trial.number, e)
 
 
+def _outcome(trial: FrozenTrial) -> str:
+    """What a finished trial's summary line says: its value(s), or a pruned trial's best checkpoint."""
+    step, best = trial.user_attrs.get("best_step"), trial.user_attrs.get("best_score")
+    if trial.state == TrialState.PRUNED:
+        # Optuna's value of a pruned trial is its last report, not its best checkpoint
+        at = trial.user_attrs.get("pruned_at_step")
+        best_text = "no scored checkpoint" if best is None else f"best {best:.6g} at step {step}"
+        return best_text + ("" if at is None else f", pruned at step {at}")
+    value = ", ".join(f"{v:.6g}" for v in trial.values) if trial.values else "-"
+    return value + ("" if step is None else f" (best step {step})")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The sweeper
 
 
-class OptunaSweeper(Sweeper):
+class OptunaSearch(Sweeper):
     """Hydra sweeper over an Optuna study; :mod:`.config` says what each setting means."""
 
     def __init__(
@@ -228,6 +263,10 @@ class OptunaSweeper(Sweeper):
     def multi_objective(self) -> bool:
         return len(self.directions) > 1
 
+    @property
+    def maximize(self) -> bool:
+        return self.directions[0] == "maximize"
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -258,11 +297,12 @@ class OptunaSweeper(Sweeper):
             done = self._count_finished(study)
             if done >= self.n_trials:
                 break
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+            if grid and study.sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried: stopping at %d trials", done)
                 break
             live = len(self._live_running(study))
-            if done + live >= self.n_trials:
+            if done + live >= self.n_trials or (grid and live and self._grid_busy(study)):
                 # Other workers run the last trials: wait for them to finish (or to go stale, then redo them).
                 if not waiting:
                     log.info("%d trials finished, %d running in other workers: waiting for them", done, live)
@@ -286,7 +326,7 @@ class OptunaSweeper(Sweeper):
                 traceback.clear_frames(e.__traceback__)
                 release_job_storages()
                 gc.collect()
-                self._interrupt(study, trials, f"interrupted: {_one_line(e)}")
+                self._interrupt(study, trials, f"interrupted: {one_line(e, with_type=True)}")
                 raise
             for trial, result in zip(trials, results, strict=True):
                 self._record(study, trial, result)
@@ -306,7 +346,7 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.name,
             storage=self.storage_obj,
-            sampler=self._make_sampler(space),
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once the study's size is known
             pruner=pruner,
             directions=self.directions,
             load_if_exists=True,
@@ -314,19 +354,24 @@ class OptunaSweeper(Sweeper):
         existing = [d.name.lower() for d in study.directions]
         if existing != self.directions:
             raise SweepError(
-                f"study {self.name!r} in {_hide_password(self.storage_url)} has directions {existing}, "
+                f"study {self.name!r} in {mask_text(self.storage_url)} has directions {existing}, "
                 f"not {self.directions}: use another hydra.sweeper.study_name"
             )
         study.set_user_attr("pruner", pruner_cfg)  # the jobs rebuild the pruner from this
         study.set_user_attr("objectives", self.objectives)
         self.study_id = self.storage_obj.get_study_id_from_name(self.name)
+        self.space = dict(space)
+        self.joined_at = len(study.get_trials(deepcopy=False))
+        seed = self._sampler_seed()
+        study.sampler = self._make_sampler(space, seed)
         log.info(
-            "Optuna study %r in %s: %s %s, %s, %s; %d of %d trials finished",
+            "Optuna study %r in %s: %s %s, %s (seed %s), %s; %d of %d trials finished",
             self.name,
-            _hide_password(self.storage_url),
+            mask_text(self.storage_url),
             "/".join(self.directions),
             ", ".join(self.objectives),
             type(study.sampler).__name__,
+            "random" if seed is None else seed,
             type(pruner).__name__,
             self._count_finished(study),
             self.n_trials,
@@ -350,17 +395,45 @@ class OptunaSweeper(Sweeper):
             return f"sqlite:///{Path(path).expanduser().resolve()}{sep}{query}"
         return url
 
-    def _make_sampler(self, space: Mapping[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    def _configured_seed(self) -> int | None:
+        """``hydra.sweeper.sampler.seed`` if the sampler config sets one, else ``hydra.sweeper.seed``."""
+        cfg = self.sampler_cfg
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        seed = cfg.get("seed") if isinstance(cfg, Mapping) else None
+        return self.seed if seed is None else int(seed)
+
+    def _sampler_seed(self, number: int | None = None, attempt: int = 0) -> int | None:
+        """The seed of this process's sampler (see "Seeds" in the module docstring).
+
+        A sweeper that opens an empty study uses the configured seed as it is (one process from an
+        empty study is reproducible); one that joins a study holding N trials derives its seed from
+        (seed, study, N), so a resumed sweep does not replay the first one's draws. A draw that
+        repeats another trial's parameters is made again with a seed derived from (seed, study,
+        trial number, attempt): trial numbers are unique in the study, so workers that started with
+        the same seed part ways. No configured seed: Optuna's own random seed.
+        """
+        seed = self._configured_seed()
+        if seed is None:
+            return None
+        if number is not None:
+            return derive_seed(seed, self.name, "redraw", number, attempt)
+        if self.joined_at == 0:
+            return seed
+        return derive_seed(seed, self.name, "joined", self.joined_at)
+
+    def _make_sampler(
+        self, space: Mapping[str, BaseDistribution], seed: int | None
+    ) -> optuna.samplers.BaseSampler:
         if self.sampler_cfg is None:
             if self.multi_objective:
-                return optuna.samplers.NSGAIISampler(seed=self.seed)
-            return optuna.samplers.TPESampler(seed=self.seed)
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed)
         defaults: dict[str, Callable[[], Any]] = {
             "search_space": lambda: grid_search_space(space)
         }  # GridSampler
-        if self.seed is not None:
-            defaults["seed"] = lambda: self.seed
-        return _build("sampler", self.sampler_cfg, optuna.samplers.BaseSampler, defaults)[0]
+        force = {} if seed is None else {"seed": seed}
+        return _build("sampler", self.sampler_cfg, optuna.samplers.BaseSampler, defaults, force)[0]
 
     def _make_pruner(self) -> tuple[optuna.pruners.BasePruner, dict[str, Any] | None]:
         """The pruner, and the config the jobs rebuild it from (None: they do not prune)."""
@@ -404,7 +477,9 @@ class OptunaSweeper(Sweeper):
         """
         trials: list[Trial] = []
         for _ in range(n):
-            trial = study.ask(space)
+            trial = self._ask_distinct(study, space)
+            if trial is None:
+                break
             counted = sorted(
                 [
                     t.number
@@ -425,6 +500,48 @@ class OptunaSweeper(Sweeper):
             )
             break
         return trials
+
+    def _ask_distinct(self, study: optuna.Study, space: Mapping[str, BaseDistribution]) -> Trial | None:
+        """Ask one trial whose parameters no COMPLETE, PRUNED, RUNNING or WAITING trial has.
+
+        A repeat (another worker drew the same point from the same seed) is given back as
+        interrupted with ``reason: duplicate`` and drawn again with a reseeded sampler, at most
+        :data:`MAX_REDRAWS` times; then, or when a discrete space has no untried point left, the
+        repeat is kept (a sampler may return to a point on purpose). A grid never repeats a point:
+        a duplicate there means every point is taken, and None is returned.
+        """
+        grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+        for attempt in range(1, MAX_REDRAWS + 2):
+            trial = study.ask(space)
+            tried = [
+                t
+                for t in study.get_trials(deepcopy=False, states=_TRIED)
+                if t.number != trial.number and not t.user_attrs.get("interrupted")
+            ]
+            twin = next((t.number for t in tried if t.params == trial.params), None)
+            if twin is None:
+                return trial
+            size = _space_size(space)
+            full = size is not None and len({_key(t.params) for t in tried}) >= size
+            if not grid and (full or attempt > MAX_REDRAWS):
+                log.info("trial %d repeats the parameters of trial %d", trial.number, twin)
+                return trial
+            trial.set_user_attr("reason", "duplicate")
+            self._interrupt(study, [trial], f"interrupted: duplicate of trial {twin}, drawn again")
+            log.info("trial %d repeats the parameters of trial %d: given back", trial.number, twin)
+            if grid:
+                return None
+            study.sampler = self._make_sampler(space, self._sampler_seed(trial.number, attempt))
+        raise AssertionError("unreachable")
+
+    def _grid_busy(self, study: optuna.Study) -> bool:
+        """Whether every point of a grid is finished or running (then a new ask would only repeat one)."""
+        taken = {
+            t.system_attrs.get("grid_id")
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() or t.state == TrialState.RUNNING
+        }
+        return len(taken - {None}) >= (_space_size(self.space) or 0)
 
     def _frozen(self, number: int) -> FrozenTrial:
         """The trial as stored now, with what its job reported."""
@@ -459,7 +576,9 @@ class OptunaSweeper(Sweeper):
                 trial.set_user_attr("fail_reason", reason)
                 _tell(study, trial, state=TrialState.FAIL)
             except Exception as e:
-                log.warning("could not mark trial %d as interrupted: %s", trial.number, _one_line(e))
+                log.warning(
+                    "could not mark trial %d as interrupted: %s", trial.number, one_line(e, with_type=True)
+                )
 
     # --- one trial ---------------------------------------------------------------------------------
 
@@ -513,16 +632,24 @@ class OptunaSweeper(Sweeper):
                 _tell(study, trial, values=values)
         elif isinstance(result._return_value, optuna.TrialPruned):  # .return_value would re-raise it
             _drop_traceback(result._return_value)
-            scores = list(reported.intermediate_values.values())
-            if "best_score" not in reported.user_attrs and scores:
-                trial.set_user_attr(
-                    "best_score", max(scores) if self.directions[0] == "maximize" else min(scores)
-                )
+            scores = reported.intermediate_values
+            if scores:
+                trial.set_user_attr("pruned_at_step", max(scores))
+            best = best_of(
+                scores.items(), score=lambda kv: kv[1], step=lambda kv: kv[0], maximize=self.maximize
+            )
+            if "best_score" not in reported.user_attrs and best is not None:
+                trial.set_user_attr("best_step", best[0])
+                trial.set_user_attr("best_score", best[1])
             _tell(study, trial, state=TrialState.PRUNED)
         else:
             error = result._return_value
         if error is not None:
-            reason = _one_line(error) if isinstance(error, BaseException) else f"job failed: {error!r}"
+            reason = (
+                one_line(error, with_type=True)
+                if isinstance(error, BaseException)
+                else f"job failed: {error!r}"
+            )
             trial.set_user_attr("fail_reason", reason)
             _tell(study, trial, state=TrialState.FAIL)
             self.failed += 1
@@ -535,16 +662,13 @@ class OptunaSweeper(Sweeper):
         self.finished += 1
 
         done = self._frozen(trial.number)
-        value = ", ".join(f"{v:.6g}" for v in done.values) if done.values else "-"
-        step = done.user_attrs.get("best_step")
         log.info(
-            "[%d/%d] trial %d %s: %s%s | %s",
+            "[%d/%d] trial %d %s: %s | %s",
             self._count_finished(study),
             self.n_trials,
             done.number,
             done.state.name,
-            value,
-            "" if step is None else f" (best step {step})",
+            _outcome(done),
             " ".join(f"{k}={format_value(v)}" for k, v in done.params.items()),
         )
 
@@ -573,11 +697,23 @@ class OptunaSweeper(Sweeper):
         }
         results: dict[str, Any] = {
             "study_name": self.name,
-            "storage": _hide_password(self.storage_url),
+            "storage": mask_text(self.storage_url),
             "directions": self.directions,
             "objectives": self.objectives,
             "trials": counts,
         }
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        if pruned:
+            results["pruned_trials"] = [
+                {
+                    "trial": t.number,
+                    "pruned_at_step": t.user_attrs.get("pruned_at_step"),
+                    "best_score": t.user_attrs.get("best_score"),
+                    "best_step": t.user_attrs.get("best_step"),
+                    "params": t.params,
+                }
+                for t in pruned
+            ]
         if self.multi_objective:
             results["pareto_front"] = [
                 {
@@ -608,5 +744,5 @@ class OptunaSweeper(Sweeper):
         log.info("results: %s", path)
         log.info(
             "browse every trial: optuna-dashboard %s",
-            _hide_password(self.storage_url.removeprefix(JOURNAL_PREFIX)),
+            mask_text(self.storage_url.removeprefix(JOURNAL_PREFIX)),
         )
