@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from sweep_runs import APP, LR, app_env, load, sweep
+from sweep_runs import APP, LR, app_env, counted, load, sweep, sweep_cmd
 
 from dreambooth_sweep.sweep import read_trial_state
 from dreambooth_sweep.sweep.sweeper import OptunaSearch
@@ -335,3 +335,76 @@ def test_single_runs_never_import_optuna() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=app_env()
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- workers of one study draw distinct points ------------------------------------------------------
+
+
+def _params(study: optuna.Study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in counted(study)]
+
+
+@pytest.mark.slow
+def test_four_workers_draw_eight_distinct_points(tmp_path: Path) -> None:
+    """Four sweepers started together on one journal file, each with the same configured seed: the
+    later ask of a repeated point gives it back and draws again, so 8 trials are 8 distinct points."""
+    storage = f"journal://{tmp_path / 'journal.log'}"
+    cmd = sweep_cmd(tmp_path, LR, "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner=null", storage=storage)
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"hydra.sweep.dir={tmp_path / f'worker-{i}'}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=app_env(),
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outputs)
+    study = load(tmp_path, storage)
+    done = counted(study)
+    assert len(done) == 8 and all(t.state == TrialState.COMPLETE for t in done)
+    assert len(set(_params(study))) == 8, _params(study)
+    given_back = [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted: duplicate of trial") for t in given_back)
+
+
+def test_a_resumed_sweep_does_not_replay_the_first_one_s_points(tmp_path: Path) -> None:
+    """The same seed again on a study that holds trials: a seed derived from the study's size."""
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=2")
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=4")
+    study = load(tmp_path)
+    assert len(counted(study)) == 4 and len(set(_params(study))) == 4, _params(study)
+
+
+def test_one_process_from_an_empty_study_is_reproducible(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        sweep(tmp_path / name, LR, "batch_size=1,2", "hydra.sweeper.n_trials=4")
+        runs.append(_params(load(tmp_path / name)))
+    assert runs[0] == runs[1] and len(set(runs[0])) == 4
+
+
+def test_a_repeated_draw_is_given_back_and_drawn_again() -> None:
+    """Two workers with the same seed: the second draws the first's point, gives it back, moves on."""
+    space = {"lr": FloatDistribution(0.01, 1.0)}
+    study = optuna.create_study(direction="maximize", study_name="unit")
+    first, second = _sweeper(n_trials=4), _sweeper(n_trials=4)
+    for sweeper in (first, second):
+        sweeper.name, sweeper.space, sweeper.joined_at = "unit", space, 0
+    study.sampler = first._make_sampler(space, first._sampler_seed())
+    [a] = first._ask(study, space, 1)
+    study.sampler = second._make_sampler(space, second._sampler_seed())  # the same seed: the same draw
+    [b] = second._ask(study, space, 1)
+    assert a.number == 0 and b.number == 2 and a.params != b.params
+    given_back = study.trials[1]
+    assert given_back.params == a.params and given_back.state == TrialState.FAIL
+    assert given_back.user_attrs["reason"] == "duplicate" and given_back.user_attrs["interrupted"] is True
+    # a small discrete space whose every point is taken: a repeat is kept rather than drawn forever
+    tiny = {"opt": optuna.distributions.CategoricalDistribution(["adam"])}
+    study = optuna.create_study(direction="maximize")
+    study.tell(first._ask(study, tiny, 1)[0], 1.0)
+    [again] = first._ask(study, tiny, 1)
+    assert again.params == {"opt": "adam"} and len(study.trials) == 2
