@@ -21,6 +21,10 @@ While a batch runs, the sweeper stamps a ``heartbeat`` user attr on its trials e
 by a killed sweeper: the next sweeper on the study fails it with the user attr ``interrupted: true``.
 Interrupted trials (also those of a sweep stopped with Ctrl-C) do not count towards ``n_trials``.
 
+One module past 500 lines on purpose: :class:`OptunaSearch` is one ask/launch/tell loop whose steps
+share the open study, its seeds and this sweep's tally; what does not need that state (heartbeats,
+stale trials, telling, summaries) is in :mod:`dreambooth_sweep.sweep.trials`.
+
 Seeds: workers of one study never run the same point twice. A sweeper that opens an empty study
 seeds its sampler with the configured seed (one process from an empty study is reproducible); one
 that joins a study already holding N trials (a resumed sweep, a late worker) derives its seed from
@@ -32,11 +36,9 @@ later ask sees the earlier one's trial with the same parameters, gives its own b
 from __future__ import annotations
 
 import gc
-import hashlib
 import inspect
 import logging
 import math
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -64,31 +66,25 @@ from dreambooth_sweep.sweep.storage import (
     open_storage,
     release_job_storages,
 )
+from dreambooth_sweep.sweep.trials import (
+    TRIED,
+    Heartbeat,
+    count_finished,
+    derive_seed,
+    drop_traceback,
+    fail_stale_trials,
+    interrupt,
+    live_running,
+    outcome,
+    params_key,
+    space_size,
+    tell,
+)
 from dreambooth_sweep.tracking.secrets import mask_text
 
-__all__ = ["OptunaSearch", "derive_seed"]
+__all__ = ["MAX_REDRAWS", "OptunaSearch"]
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Helpers of the sweeper
-
-
-def _tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
-    try:
-        study.tell(trial, skip_if_finished=True, **kwargs)
-    except RuntimeError as e:
-        # GridSampler calls study.stop() after the last grid point, which only works inside
-        # study.optimize (optuna#5141); the trial's state was saved before that.
-        if "Study.stop" not in str(e):
-            raise
-
-
-def derive_seed(*parts: object) -> int:
-    """A 32-bit sampler seed from the configured seed and what sets this draw apart in the study."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def _build(
@@ -129,84 +125,6 @@ def _build(
 
 # Draws of one ask that may repeat another trial's parameters before the repeat is kept.
 MAX_REDRAWS = 5
-# States whose parameters a new trial should not repeat (FAIL may be worth a retry).
-_TRIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-
-
-def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in params.items()))
-
-
-def _space_size(space: Mapping[str, BaseDistribution]) -> int | None:
-    """How many points a discrete search space has; None if any dimension is continuous."""
-    size = 1
-    for dist in space.values():
-        if isinstance(dist, optuna.distributions.CategoricalDistribution):
-            size *= len(dist.choices)
-        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
-            size *= (dist.high - dist.low) // dist.step + 1
-        elif isinstance(dist, optuna.distributions.IntDistribution):
-            size *= dist.high - dist.low + 1
-        elif isinstance(dist, optuna.distributions.FloatDistribution) and dist.step is not None:
-            size *= round((dist.high - dist.low) / dist.step) + 1
-        else:
-            return None
-    return size
-
-
-def _drop_traceback(exc: BaseException) -> None:
-    """Let go of the frames of a job's exception (and its causes): they hold what ``train()`` held,
-    its model and optimizer, and with them GPU memory for the rest of an in-process sweep."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if exc.__traceback__ is not None:
-            traceback.clear_frames(exc.__traceback__)
-            exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-
-
-class _Heartbeat:
-    """Stamps the batch's trials as alive every ``interval`` seconds while their jobs run."""
-
-    def __init__(self, trials: Sequence[Trial], interval: float) -> None:
-        self.trials, self.interval = trials, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="optuna-sweeper-heartbeat", daemon=True)
-
-    def __enter__(self) -> None:
-        self.beat()
-        self.thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)  # a daemon: never wait long on a beat stuck behind a lock
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            self.beat()
-
-    def beat(self) -> None:
-        now = time.time()
-        for trial in self.trials:
-            try:
-                trial.set_user_attr("heartbeat", now)
-            except Exception as e:  # finished elsewhere meanwhile; its job will find out when it reports
-                log.debug("heartbeat of trial %d: %s", trial.number, e)
-
-
-def _outcome(trial: FrozenTrial) -> str:
-    """What a finished trial's summary line says: its value(s), or a pruned trial's best checkpoint."""
-    step, best = trial.user_attrs.get("best_step"), trial.user_attrs.get("best_score")
-    if trial.state == TrialState.PRUNED:
-        # Optuna's value of a pruned trial is its last report, not its best checkpoint
-        at = trial.user_attrs.get("pruned_at_step")
-        best_text = "no scored checkpoint" if best is None else f"best {best:.6g} at step {step}"
-        return best_text + ("" if at is None else f", pruned at step {at}")
-    value = ", ".join(f"{v:.6g}" for v in trial.values) if trial.values else "-"
-    return value + ("" if step is None else f" (best step {step})")
-
-
 # ---------------------------------------------------------------------------------------------------
 # The sweeper
 
@@ -293,15 +211,15 @@ class OptunaSearch(Sweeper):
         returns: list[Sequence[JobReturn]] = []
         waiting = False
         while True:
-            self._fail_stale_trials(study)
-            done = self._count_finished(study)
+            fail_stale_trials(study, self.storage_obj, self.study_id, self.heartbeat_interval)
+            done = count_finished(study)
             if done >= self.n_trials:
                 break
             grid = isinstance(study.sampler, optuna.samplers.GridSampler)
             if grid and study.sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried: stopping at %d trials", done)
                 break
-            live = len(self._live_running(study))
+            live = len(live_running(study, self.heartbeat_interval))
             if done + live >= self.n_trials or (grid and live and self._grid_busy(study)):
                 # Other workers run the last trials: wait for them to finish (or to go stale, then redo them).
                 if not waiting:
@@ -316,7 +234,7 @@ class OptunaSearch(Sweeper):
                 continue
             batch = [self._job_overrides(fixed, trial) for trial in trials]
             try:
-                with _Heartbeat(trials, self.heartbeat_interval):
+                with Heartbeat(trials, self.heartbeat_interval):
                     self.validate_batch_is_legal(batch)
                     # job dirs are numbered like the trials (exactly so while one sweeper drives the study)
                     results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
@@ -326,7 +244,7 @@ class OptunaSearch(Sweeper):
                 traceback.clear_frames(e.__traceback__)
                 release_job_storages()
                 gc.collect()
-                self._interrupt(study, trials, f"interrupted: {one_line(e, with_type=True)}")
+                interrupt(study, trials, f"interrupted: {one_line(e, with_type=True)}")
                 raise
             for trial, result in zip(trials, results, strict=True):
                 self._record(study, trial, result)
@@ -373,7 +291,7 @@ class OptunaSearch(Sweeper):
             type(study.sampler).__name__,
             "random" if seed is None else seed,
             type(pruner).__name__,
-            self._count_finished(study),
+            count_finished(study),
             self.n_trials,
         )
         log.info("search space: %s", "; ".join(f"{k}: {d}" for k, d in space.items()))
@@ -451,23 +369,6 @@ class OptunaSearch(Sweeper):
             return optuna.pruners.NopPruner(), None
         return pruner, cfg
 
-    @staticmethod
-    def _count_finished(study: optuna.Study) -> int:
-        trials = study.get_trials(deepcopy=False)
-        return sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in trials)
-
-    def _live_running(self, study: optuna.Study) -> list[FrozenTrial]:
-        """RUNNING trials whose sweeper is alive: a recent heartbeat, or none yet but just asked."""
-        now, grace = time.time(), 3 * self.heartbeat_interval
-        live = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.user_attrs.get("heartbeat")
-            if beat is None and t.datetime_start is not None:
-                beat = t.datetime_start.timestamp()  # a naive local time, as Optuna stores it
-            if beat is not None and now - beat <= grace:
-                live.append(t)
-        return live
-
     def _ask(self, study: optuna.Study, space: Mapping[str, BaseDistribution], n: int) -> list[Trial]:
         """Ask up to ``n`` trials; give back one that another worker's concurrent ask made surplus.
 
@@ -486,13 +387,13 @@ class OptunaSearch(Sweeper):
                     for t in study.get_trials(deepcopy=False)
                     if t.state.is_finished() and not t.user_attrs.get("interrupted")
                 ]
-                + [t.number for t in self._live_running(study)]
+                + [t.number for t in live_running(study, self.heartbeat_interval)]
             )
             if trial.number in counted[: self.n_trials]:
                 trials.append(trial)
                 continue
             trial.set_user_attr("reason", "surplus")
-            self._interrupt(study, [trial], "interrupted: surplus (other workers asked the last trials)")
+            interrupt(study, [trial], "interrupted: surplus (other workers asked the last trials)")
             log.info(
                 "trial %d: surplus to n_trials=%d after another worker's ask; given back",
                 trial.number,
@@ -515,19 +416,19 @@ class OptunaSearch(Sweeper):
             trial = study.ask(space)
             tried = [
                 t
-                for t in study.get_trials(deepcopy=False, states=_TRIED)
+                for t in study.get_trials(deepcopy=False, states=TRIED)
                 if t.number != trial.number and not t.user_attrs.get("interrupted")
             ]
             twin = next((t.number for t in tried if t.params == trial.params), None)
             if twin is None:
                 return trial
-            size = _space_size(space)
-            full = size is not None and len({_key(t.params) for t in tried}) >= size
+            size = space_size(space)
+            full = size is not None and len({params_key(t.params) for t in tried}) >= size
             if not grid and (full or attempt > MAX_REDRAWS):
                 log.info("trial %d repeats the parameters of trial %d", trial.number, twin)
                 return trial
             trial.set_user_attr("reason", "duplicate")
-            self._interrupt(study, [trial], f"interrupted: duplicate of trial {twin}, drawn again")
+            interrupt(study, [trial], f"interrupted: duplicate of trial {twin}, drawn again")
             log.info("trial %d repeats the parameters of trial %d: given back", trial.number, twin)
             if grid:
                 return None
@@ -541,44 +442,13 @@ class OptunaSearch(Sweeper):
             for t in study.get_trials(deepcopy=False)
             if t.state.is_finished() or t.state == TrialState.RUNNING
         }
-        return len(taken - {None}) >= (_space_size(self.space) or 0)
+        return len(taken - {None}) >= (space_size(self.space) or 0)
 
     def _frozen(self, number: int) -> FrozenTrial:
         """The trial as stored now, with what its job reported."""
         return self.storage_obj.get_trial(
             self.storage_obj.get_trial_id_from_study_id_trial_number(self.study_id, number)
         )
-
-    def _fail_stale_trials(self, study: optuna.Study) -> None:
-        """Fail RUNNING trials whose sweeper stopped beating (it was killed); other workers' trials go on."""
-        now, grace = time.time(), 3 * self.heartbeat_interval
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.user_attrs.get("heartbeat")
-            if beat is not None and now - beat > grace:
-                trial_id = self.storage_obj.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
-                self.storage_obj.set_trial_user_attr(trial_id, "interrupted", True)
-                self.storage_obj.set_trial_user_attr(
-                    trial_id, "fail_reason", f"interrupted: silent for {now - beat:.0f} s"
-                )
-                _tell(study, t.number, state=TrialState.FAIL)
-                log.warning(
-                    "trial %d: its sweeper went silent %.0f s ago; failed as interrupted",
-                    t.number,
-                    now - beat,
-                )
-
-    @staticmethod
-    def _interrupt(study: optuna.Study, trials: Sequence[Trial], reason: str) -> None:
-        """Fail trials that could not run to an end; they do not count towards n_trials."""
-        for trial in trials:
-            try:
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", reason)
-                _tell(study, trial, state=TrialState.FAIL)
-            except Exception as e:
-                log.warning(
-                    "could not mark trial %d as interrupted: %s", trial.number, one_line(e, with_type=True)
-                )
 
     # --- one trial ---------------------------------------------------------------------------------
 
@@ -629,9 +499,9 @@ class OptunaSearch(Sweeper):
                     metrics["best_score"] = values[0]
                 for key, value in metrics.items():
                     trial.set_user_attr(key, value)
-                _tell(study, trial, values=values)
+                tell(study, trial, values=values)
         elif isinstance(result._return_value, optuna.TrialPruned):  # .return_value would re-raise it
-            _drop_traceback(result._return_value)
+            drop_traceback(result._return_value)
             scores = reported.intermediate_values
             if scores:
                 trial.set_user_attr("pruned_at_step", max(scores))
@@ -641,7 +511,7 @@ class OptunaSearch(Sweeper):
             if "best_score" not in reported.user_attrs and best is not None:
                 trial.set_user_attr("best_step", best[0])
                 trial.set_user_attr("best_score", best[1])
-            _tell(study, trial, state=TrialState.PRUNED)
+            tell(study, trial, state=TrialState.PRUNED)
         else:
             error = result._return_value
         if error is not None:
@@ -651,24 +521,24 @@ class OptunaSearch(Sweeper):
                 else f"job failed: {error!r}"
             )
             trial.set_user_attr("fail_reason", reason)
-            _tell(study, trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             self.failed += 1
             self.last_failure = reason
             exc_info = error if isinstance(error, BaseException) else None
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=exc_info)
             if exc_info is not None:
-                _drop_traceback(exc_info)
+                drop_traceback(exc_info)
             del error, exc_info
         self.finished += 1
 
         done = self._frozen(trial.number)
         log.info(
             "[%d/%d] trial %d %s: %s | %s",
-            self._count_finished(study),
+            count_finished(study),
             self.n_trials,
             done.number,
             done.state.name,
-            _outcome(done),
+            outcome(done),
             " ".join(f"{k}={format_value(v)}" for k, v in done.params.items()),
         )
 

@@ -22,6 +22,7 @@ from sweep_runs import APP, LR, app_env, counted, load, sweep, sweep_cmd
 
 from dreambooth_sweep.sweep import read_trial_state
 from dreambooth_sweep.sweep.sweeper import OptunaSearch
+from dreambooth_sweep.sweep.trials import count_finished, live_running
 
 # --- sweeps -------------------------------------------------------------------------------------
 
@@ -278,14 +279,14 @@ def test_a_trial_beyond_n_trials_is_given_back_as_surplus() -> None:
     study.tell(study.ask(space), 1.0)
     other = study.ask(space)  # another worker's live trial
     other.set_user_attr("heartbeat", time.time())
-    assert [t.number for t in sweeper._live_running(study)] == [1]
+    assert [t.number for t in live_running(study, sweeper.heartbeat_interval)] == [1]
     assert sweeper._ask(study, space, 1) == []  # 1 finished + 1 live + this one > n_trials
     surplus = study.trials[2]
     assert surplus.state == TrialState.FAIL
     assert surplus.user_attrs["interrupted"] is True and surplus.user_attrs["reason"] == "surplus"
-    assert sweeper._count_finished(study) == 1
+    assert count_finished(study) == 1
     other.set_user_attr("heartbeat", time.time() - 600)  # its worker died: no longer counted
-    assert sweeper._live_running(study) == []
+    assert live_running(study, sweeper.heartbeat_interval) == []
     assert [t.number for t in sweeper._ask(study, space, 1)] == [3]
 
 
