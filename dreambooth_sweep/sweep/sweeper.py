@@ -130,7 +130,8 @@ MAX_REDRAWS = 5
 
 
 class OptunaSearch(Sweeper):
-    """Hydra sweeper over an Optuna study; :mod:`.config` says what each setting means."""
+    """Hydra sweeper over an Optuna study; :mod:`hydra_plugins.dreambooth_sweep_optuna.config` says what
+    each setting means."""
 
     def __init__(
         self,
