@@ -383,7 +383,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         method.enter(global_step)  # the phase this step belongs to: which weights train now
 
         # 5. Evaluation hook and trial reporting.
-        reporter = TrialReporter.from_context(cfg.sweep)  # best score/step; pruning in an Optuna sweep
+        reporter = TrialReporter.from_context(cfg.sweep, run_dir=out)  # best score/step; pruning in a sweep
         if eval_hook is None and cfg.eval.enabled:
             from dreambooth_sweep.evaluate import Evaluator
 
@@ -439,7 +439,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             # Step 0 is the untouched base model: the baseline every score is measured against, never a
             # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
             if step > 0 and score is not None and math.isfinite(score):
-                reporter.report(score, step, metrics)  # raises optuna.TrialPruned when the pruner says stop
+                # raises optuna.TrialPruned when the pruner says stop (never at the final evaluation)
+                reporter.report(score, step, metrics, final=final)
                 log.info(
                     "step %d: score %.4f (best %.4f at step %d)",
                     step,
@@ -616,6 +617,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"], **perf})
         if accelerator.is_main_process:
             (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+            reporter.write_state("COMPLETE", global_step)
         accelerator.end_training()
     log.info("done: results in %s (metrics.json, samples/, model/)", out)
     return results

@@ -1,115 +1,42 @@
 """The job side of an Optuna sweep: report checkpoint scores to this run's trial, get pruned.
 
-The sweeper (``hydra_plugins/dreambooth_sweep_optuna``) asks Optuna for a trial and launches a job
-with ``sweep.study_name``, ``sweep.storage`` and ``sweep.trial_number`` set. The job opens the same
+The sweeper (:mod:`dreambooth_sweep.sweep.sweeper`) asks Optuna for a trial and launches a job with
+``sweep.study_name``, ``sweep.storage`` and ``sweep.trial_number`` set. The job opens the same
 storage, finds its trial by number and reports one score per evaluated checkpoint; the study's
 pruner (stored by the sweeper in the study's user attrs) decides whether the curve is already worse
 than the others, and :class:`TrialReporter` raises :class:`optuna.TrialPruned` to stop the run. This
 works under any Hydra launcher (local, joblib, SLURM): jobs and sweeper only share the storage.
 
-Outside an Optuna sweep (a single run, a grid) the reporter only tracks the best checkpoint.
+The final evaluation is never pruned on: the run has paid for every step by then, and its model
+and ``metrics.json`` are worth keeping. A pruned job writes ``trial_state.json`` into its run dir
+(:data:`TRIAL_STATE_FILE`, see :meth:`TrialReporter.write_state`), so readers of run dirs (the
+report) know the state without Optuna or log text.
+
+Outside an Optuna sweep (a single run, a grid) the reporter only tracks the best checkpoint, by the
+one rule of :class:`dreambooth_sweep.objective.BestTracker` (step 0 never, NaN never).
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
-import math
 import numbers
-import random
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.errors import CompactHydraException
+from dreambooth_sweep.files import atomic_write
+from dreambooth_sweep.objective import BestTracker
+from dreambooth_sweep.sweep.storage import job_storage
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = [
-    "JOURNAL_PREFIX",
-    "SweepError",
-    "TrialReporter",
-    "numeric_metrics",
-    "open_storage",
-    "release_job_storages",
-]
+__all__ = ["TRIAL_STATE_FILE", "TrialReporter", "numeric_metrics", "read_trial_state"]
 
 log = logging.getLogger(__name__)
 
-JOURNAL_PREFIX = "journal://"
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna storage for a URL: ``journal:///path.log`` is a journal file, anything else an RDB URL.
-
-    SQLite files are switched to write-ahead logging, so a job reading the study never blocks the
-    sweeper's writes, and wait up to a minute for a lock instead of SQLAlchemy's 5 s. (WAL needs a
-    local disk; several machines share PostgreSQL or a journal file instead.)
-    """
-    import optuna
-    import sqlalchemy.exc
-
-    if url.startswith(JOURNAL_PREFIX):
-        path = Path(url.removeprefix(JOURNAL_PREFIX)).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    storage = _rdb_storage(url, engine_kwargs)
-    if not url.startswith("sqlite"):
-        return storage
-    # WAL is a property of the file: set once, kept. Busy elsewhere right now: the next opener sets it.
-    with contextlib.suppress(sqlalchemy.exc.OperationalError), storage.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-    return storage
-
-
-def _rdb_storage(
-    url: str, engine_kwargs: dict[str, Any] | None, attempts: int = 5
-) -> optuna.storages.RDBStorage:
-    """``RDBStorage(url)``, retried: workers opening a fresh database at the same instant race to create
-    Optuna's tables (SQLite: "table studies already exists", PostgreSQL: a duplicate pg_type row)."""
-    import optuna
-    import sqlalchemy.exc
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except sqlalchemy.exc.SQLAlchemyError as e:
-            if attempt == attempts:
-                raise
-            log.debug("opening the Optuna storage (attempt %d of %d): %s", attempt, attempts, e)
-            time.sleep(0.2 + random.uniform(0, 1))
-    raise AssertionError("unreachable")
-
-
-_job_storages: dict[str, optuna.storages.BaseStorage] = {}
-
-
-def _job_storage(url: str) -> optuna.storages.BaseStorage:
-    # One storage (one connection pool) per process: local launchers run many jobs in one process.
-    if url not in _job_storages:
-        _job_storages[url] = open_storage(url)
-    return _job_storages[url]
-
-
-def release_job_storages() -> None:
-    """Roll back and close this process's job-side connections.
-
-    A job interrupted in the middle of a write (Ctrl-C under an in-process launcher) can leave its
-    SQLite transaction open; the sweeper calls this before it marks the trial, or it would wait on
-    that lock.
-    """
-    if not _job_storages:
-        return
-    import optuna
-
-    for storage in _job_storages.values():
-        if isinstance(storage, optuna.storages.RDBStorage):
-            storage.scoped_session.remove()
-            storage.engine.dispose()
-    _job_storages.clear()
+TRIAL_STATE_FILE = "trial_state.json"
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, int | float]:
@@ -121,8 +48,13 @@ def numeric_metrics(values: Mapping[str, Any]) -> dict[str, int | float]:
     }
 
 
-class SweepError(CompactHydraException):
-    """A bad sweeper setting, or a sweep that cannot go on; Hydra prints only this one-line message."""
+def read_trial_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``trial_state.json`` of a run dir (see :meth:`TrialReporter.write_state`); None if absent."""
+    path = Path(run_dir) / TRIAL_STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 class TrialReporter:
@@ -130,22 +62,31 @@ class TrialReporter:
 
     Usage in the training loop::
 
-        reporter = TrialReporter.from_context(cfg.sweep)
+        reporter = TrialReporter.from_context(cfg.sweep, run_dir=out)
         for step in eval_steps:
             ...
-            reporter.report(score, step, metrics)  # raises optuna.TrialPruned when pruned
+            reporter.report(score, step, metrics, final=step == max_steps)  # may raise TrialPruned
+        reporter.write_state("COMPLETE", max_steps)
         return {"objective": reporter.best_score, "best_step": reporter.best_step, **metrics}
 
-    Step 0 (the untrained base model, the same for every trial) is recorded but never pruned on: its
-    score only differs between trials by numerical noise.
+    Step 0 (the untrained base model, the same for every trial) is recorded but never pruned on and
+    never the best: its score only differs between trials by numerical noise.
 
     Args:
         trial: the running trial, or None for a no-op reporter.
         direction: which scores are better when there is no single-objective study to say so.
+        run_dir: where :meth:`write_state` writes ``trial_state.json``; None: nowhere.
     """
 
-    def __init__(self, trial: optuna.trial.Trial | None = None, *, direction: str = "maximize") -> None:
+    def __init__(
+        self,
+        trial: optuna.trial.Trial | None = None,
+        *,
+        direction: str = "maximize",
+        run_dir: str | Path | None = None,
+    ) -> None:
         self.trial = trial
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.can_prune = False
         if trial is not None:
             import optuna
@@ -158,12 +99,12 @@ class TrialReporter:
                 )
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"direction must be maximize or minimize, got {direction!r}")
-        self.maximize = direction == "maximize"
-        self.best_score: float | None = None
-        self.best_step: int | None = None
+        self.best = BestTracker(maximize=direction == "maximize")
 
     @classmethod
-    def from_context(cls, sweep: Any, *, direction: str = "maximize") -> TrialReporter:
+    def from_context(
+        cls, sweep: Any, *, direction: str = "maximize", run_dir: str | Path | None = None
+    ) -> TrialReporter:
         """Reporter for the trial named by ``cfg.sweep`` (a :class:`~dreambooth_sweep.config.SweepContext`)."""
         study_name = getattr(sweep, "study_name", None) if sweep is not None else None
         storage_url = getattr(sweep, "storage", None) if sweep is not None else None
@@ -173,7 +114,7 @@ class TrialReporter:
 
         import optuna  # only in an Optuna sweep: a single run or a grid never imports it
 
-        storage = _job_storage(storage_url)
+        storage = job_storage(storage_url)
         study_id = storage.get_study_id_from_name(study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
         if storage.get_trial(trial_id).state != optuna.trial.TrialState.RUNNING:
@@ -191,27 +132,34 @@ class TrialReporter:
         study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner
         )
-        return cls(optuna.trial.Trial(study, trial_id), direction=direction)
+        return cls(optuna.trial.Trial(study, trial_id), direction=direction, run_dir=run_dir)
 
     @property
     def active(self) -> bool:
         """Whether scores go to an Optuna trial."""
         return self.trial is not None
 
-    def report(self, value: float, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    @property
+    def best_score(self) -> float | None:
+        return self.best.best_score
+
+    @property
+    def best_step(self) -> int | None:
+        return self.best.best_step
+
+    def report(
+        self, value: float, step: int, metrics: Mapping[str, Any] | None = None, *, final: bool = False
+    ) -> None:
         """Record one checkpoint's score; raise :class:`optuna.TrialPruned` if the trial should stop.
 
         Args:
             value: the checkpoint's objective score.
             step: its training step.
             metrics: the checkpoint's other metrics, stored as user attrs while it is the best one.
+            final: the run's last evaluation: reported, never pruned on.
         """
         value = float(value)
-        improved = not math.isnan(value) and (
-            self.best_score is None or (value > self.best_score if self.maximize else value < self.best_score)
-        )
-        if improved:
-            self.best_score, self.best_step = value, int(step)
+        improved = self.best.update(int(step), value)
         if self.trial is None:
             return
         if improved:
@@ -222,8 +170,15 @@ class TrialReporter:
         if not self.can_prune:
             return
         self.trial.report(value, step)
-        if step > 0 and self.trial.should_prune():
-            log.info("trial %d pruned at step %d (score %.4g)", self.trial.number, step, value)
+        if step > 0 and not final and self.trial.should_prune():
+            log.info(
+                "trial %d pruned at step %d (score %.4g; best %s)",
+                self.trial.number,
+                step,
+                value,
+                "none" if self.best_step is None else f"{self.best_score:.4g} at step {self.best_step}",
+            )
+            self.write_state("PRUNED", step)
             import optuna
 
             raise optuna.TrialPruned(f"pruned at step {step} with score {value:.6g}")
@@ -234,3 +189,24 @@ class TrialReporter:
             return
         for key, value in numeric_metrics(metrics).items():
             self.trial.set_user_attr(key, value)
+
+    def write_state(self, state: str, step: int) -> None:
+        """Write ``<run dir>/trial_state.json`` (atomically) in an Optuna sweep; no-op elsewhere.
+
+        ``{"state": "PRUNED" | "COMPLETE", "step": <last step trained>, "best_score": <float|null>,
+        "best_step": <int|null>, "study_name": <str>, "trial_number": <int>}``: COMPLETE means the
+        job ran to its end (the sweeper may still fail the trial if the job returns no objective).
+        """
+        if self.trial is None or self.run_dir is None:
+            return
+        record = {
+            "state": state,
+            "step": int(step),
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "study_name": self.trial.study.study_name,
+            "trial_number": self.trial.number,
+        }
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.run_dir / TRIAL_STATE_FILE) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")

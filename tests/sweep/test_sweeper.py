@@ -16,153 +16,13 @@ from pathlib import Path
 import optuna
 import pytest
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
+from sweep_runs import APP, LR, app_env, counted, load, sweep, sweep_cmd
 
-from dreambooth_sweep.config import SweepContext
-from dreambooth_sweep.optuna_sweeper import (
-    STORAGE_ENV,
-    OptunaSweeper,
-    SweepError,
-    _hide_password,
-    job_storage_override,
-)
-from dreambooth_sweep.search_space import format_value, grid_search_space, parse_search_space
-from dreambooth_sweep.sweep import TrialReporter, numeric_metrics
-
-APP = Path(__file__).parent / "sweep_app" / "app.py"
-LR = "lr=tag(log, interval(0.01, 1.0))"
-
-
-def sweep(
-    tmp_path: Path, *overrides: str, storage: str | None = None, ok: bool = True
-) -> subprocess.CompletedProcess:
-    """Run one sweep of the test app; the study lives in ``tmp_path/optuna.db`` unless told otherwise."""
-    storage = storage or f"sqlite:///{tmp_path / 'optuna.db'}"
-    cmd = [
-        sys.executable,
-        str(APP),
-        "-m",
-        "hydra/sweeper=optuna",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        f"hydra.sweeper.storage='{storage}'",
-        "hydra.sweeper.study_name=test",
-        "hydra.sweeper.seed=0",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def load(tmp_path: Path, storage: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name="test", storage=storage or f"sqlite:///{tmp_path / 'optuna.db'}")
-
-
-# --- search space -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("interval(0.1, 0.5)", FloatDistribution(0.1, 0.5)),
-        ("tag(log, interval(1e-6, 1e-5))", FloatDistribution(1e-6, 1e-5, log=True)),
-        ("range(1, 5)", IntDistribution(1, 4)),  # Hydra's range excludes stop, like Python's
-        ("range(0, 100, 25)", IntDistribution(0, 75, step=25)),
-        ("tag(log, range(1, 65))", IntDistribution(1, 64, log=True)),
-        ("range(0.1, 0.5, 0.1)", FloatDistribution(0.1, 0.4, step=0.1)),
-        ("choice(adamw, adamw8bit)", CategoricalDistribution(["adamw", "adamw8bit"])),
-        ("choice(0, 100, 200)", CategoricalDistribution([0, 100, 200])),
-        ("a,b,c", CategoricalDistribution(["a", "b", "c"])),
-        ({"type": "float", "low": 1e-6, "high": 1e-4, "log": True}, FloatDistribution(1e-6, 1e-4, log=True)),
-        ({"type": "float", "low": 0.1, "high": 1.0, "step": 0.1}, FloatDistribution(0.1, 1.0, step=0.1)),
-        ({"type": "int", "low": 100, "high": 800, "step": 100}, IntDistribution(100, 800, step=100)),
-        ({"type": "categorical", "choices": [True, False]}, CategoricalDistribution([True, False])),
-        (["sd15", "sd21"], CategoricalDistribution(["sd15", "sd21"])),
-    ],
-)
-def test_search_space_syntax(spec, expected) -> None:
-    space, fixed = parse_search_space({"x": spec})
-    assert space == {"x": expected} and fixed == []
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(10):
-        trial = study.ask(space)
-        assert expected._contains(expected.to_internal_repr(trial.params["x"]))
-        study.tell(trial, 0.0)
-
-
-def test_nested_params_are_dotted_keys() -> None:
-    space, _ = parse_search_space(
-        {"train": {"lr": {"type": "float", "low": 0.1, "high": 0.2}, "seed": "range(3)"}}
-    )
-    assert space == {"train.lr": FloatDistribution(0.1, 0.2), "train.seed": IntDistribution(0, 2)}
-
-
-def test_command_line_extends_and_overrides_params() -> None:
-    params = {
-        "train.lr": "interval(1e-6, 1e-5)",
-        "prior.loss_weight": "choice(0.5, 1.0)",
-        "train.max_steps": 400,
-    }
-    args = ["prior.loss_weight=1.0", "train.seed=range(0, 3)", "model=tiny", "+extra='a b'"]
-    space, fixed = parse_search_space(params, args)
-    assert set(space) == {"train.lr", "train.seed"}  # a fixed value on the command line wins
-    assert fixed == ["train.max_steps=400", "prior.loss_weight=1.0", "model=tiny", "+extra='a b'"]
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "shuffle(choice(a, b))",
-        "tag(log, choice(1, 2))",
-        "tag(cosine, interval(0, 1))",
-        "tag(log, interval(0, 1))",  # log needs low > 0
-        {"type": "normal", "low": 0, "high": 1},
-        {"type": "float", "low": 0},
-        {"type": "int", "low": 0, "high": 4, "stepp": 2},
-    ],
-)
-def test_bad_search_space_is_one_clear_error(spec) -> None:
-    with pytest.raises(SweepError, match=r"^x: ") as info:
-        parse_search_space({"x": spec})
-    assert "\n" not in str(info.value)
-
-
-def test_grid_search_space() -> None:
-    space, _ = parse_search_space({"a": "choice(x, y)", "b": "range(1, 4)", "c": "range(0.5, 1.1, 0.25)"})
-    assert grid_search_space(space) == {"a": ["x", "y"], "b": [1, 2, 3], "c": [0.5, 0.75, 1.0]}
-    with pytest.raises(SweepError, match="GridSampler needs discrete values"):
-        grid_search_space(parse_search_space({"d": "interval(0, 1)"})[0])
-
-
-@pytest.mark.parametrize(
-    "value",
-    [1e-06, 0.1 + 0.2, -3.5e300, 7, True, None, "adamw", "a photo of sks dog", "1e-6", "true", "null",
-     "sqlite:////tmp/x.db?timeout=3", "it's", 'say "hi"', "both ' and \"", "back\\slash\\", "a,b", "${x}"],
-)  # fmt: skip
-def test_format_value_round_trips_through_hydra(value) -> None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    override = OverridesParser.create().parse_override(f"key={format_value(value)}")
-    assert not override.is_sweep_override()
-    assert override.value() == value and type(override.value()) is type(value)
-
-
-# --- job side -----------------------------------------------------------------------------------
-
-
-def test_reporter_outside_a_sweep_only_tracks_the_best() -> None:
-    reporter = TrialReporter.from_context(SweepContext())
-    assert not reporter.active
-    for step, score in [(0, 0.1), (10, 0.5), (20, 0.3)]:
-        reporter.report(score, step)
-    assert (reporter.best_score, reporter.best_step) == (0.5, 10)
-    assert numeric_metrics({"eval/dino": 0.5, "best_step": 10, "ok": True, "name": "x"}) == {
-        "eval/dino": 0.5,
-        "best_step": 10,
-    }
-
+from dreambooth_sweep.sweep import read_trial_state
+from dreambooth_sweep.sweep.sweeper import OptunaSearch
+from dreambooth_sweep.sweep.trials import count_finished, live_running
 
 # --- sweeps -------------------------------------------------------------------------------------
 
@@ -172,12 +32,15 @@ def test_study_completes_with_the_jobs_values(tmp_path: Path) -> None:
     trials = load(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     for t in trials:
-        # a trial's value is its best checkpoint's score, and best_step says which checkpoint that was
+        # a trial's value is its best checkpoint's score (step 0, the base model, is never a candidate),
+        # and best_step says which checkpoint that was
         scores = t.intermediate_values
         assert sorted(scores) == [0, 10, 20, 30, 40, 50]
-        assert (
-            t.value == max(scores.values()) == scores[t.user_attrs["best_step"]] == t.user_attrs["best_score"]
-        )
+        best = max(v for step, v in scores.items() if step > 0)
+        assert t.value == best == scores[t.user_attrs["best_step"]] == t.user_attrs["best_score"]
+        state = read_trial_state(tmp_path / "multirun" / str(t.number))
+        assert state is not None and (state["state"], state["step"]) == ("COMPLETE", 50)
+        assert (state["best_score"], state["best_step"]) == (t.value, t.user_attrs["best_step"])
         assert {"eval/dino", "eval/clip_t"} <= set(t.user_attrs)
         job_cfg = OmegaConf.load(
             tmp_path / "multirun" / str(t.number) / ".hydra" / "config.yaml"
@@ -200,7 +63,7 @@ def test_default_storage_is_a_sqlite_file_in_the_sweep_dir(tmp_path: Path) -> No
         LR,
         "hydra.sweeper.n_trials=1",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True, env=app_env())
     assert "optuna-dashboard sqlite:///" in proc.stdout + proc.stderr
     study = optuna.load_study(
         study_name="app", storage=f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -209,7 +72,7 @@ def test_default_storage_is_a_sqlite_file_in_the_sweep_dir(tmp_path: Path) -> No
 
 
 def test_aggressive_pruner_prunes_worse_curves(tmp_path: Path) -> None:
-    sweep(
+    proc = sweep(
         tmp_path,
         LR,
         "decay_per_trial=0.5",  # each trial's curve is 0.5 below the previous one's
@@ -220,10 +83,36 @@ def test_aggressive_pruner_prunes_worse_curves(tmp_path: Path) -> None:
     assert trials[0].state == TrialState.COMPLETE
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and len(trials) == 4
+    results = OmegaConf.to_container(OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml"))
+    summaries = {entry["trial"]: entry for entry in results["pruned_trials"]}
     for t in pruned:
         assert max(t.intermediate_values) == 10  # step 0 (the base model) is never pruned on
         assert t.value == t.intermediate_values[10]  # Optuna keeps the last reported score
-        assert t.user_attrs["best_score"] == max(t.intermediate_values.values())
+        assert (t.user_attrs["best_score"], t.user_attrs["best_step"]) == (t.intermediate_values[10], 10)
+        # the job says so in its run dir, and the summary line shows the best checkpoint
+        state = read_trial_state(tmp_path / "multirun" / str(t.number))
+        assert state == {"state": "PRUNED", "step": 10, "best_score": t.intermediate_values[10],
+                         "best_step": 10, "study_name": "test", "trial_number": t.number}  # fmt: skip
+        line = f"trial {t.number} PRUNED: best {t.intermediate_values[10]:.6g} at step 10, pruned at step 10"
+        assert line in proc.stdout + proc.stderr
+        assert summaries[t.number] == {"trial": t.number, "pruned_at_step": 10, "best_step": 10,
+                                       "best_score": t.intermediate_values[10], "params": t.params}  # fmt: skip
+
+
+def test_a_trial_is_never_pruned_at_its_last_step(tmp_path: Path) -> None:
+    """Two checkpoints (step 0 and the final one): the pruner that stops worse curves at step 10 in
+    the test above may not stop them here, where step 10 is the end: they have paid for the run."""
+    sweep(
+        tmp_path,
+        LR,
+        "steps=10",
+        "decay_per_trial=0.5",
+        "hydra.sweeper.n_trials=3",
+        "++hydra.sweeper.pruner={_target_: optuna.pruners.MedianPruner, n_startup_trials: 1, n_warmup_steps: 0}",
+    )
+    trials = load(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(sorted(t.intermediate_values) == [0, 10] and t.user_attrs["best_step"] == 10 for t in trials)
 
 
 def test_resume_continues_to_the_total(tmp_path: Path) -> None:
@@ -254,7 +143,9 @@ def test_ctrl_c_fails_the_running_trial_as_interrupted(tmp_path: Path) -> None:
     job_started = tmp_path / "multirun" / "0" / ".hydra" / "config.yaml"  # the study exists by then
     with (tmp_path / "sweep.log").open("w") as log:
         # a background process may inherit an ignored SIGINT: give it the default handler back
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint, env=app_env()
+        )
         try:
             deadline = time.monotonic() + 60
             while not job_started.exists() or not any(t.intermediate_values for t in load(tmp_path).trials):
@@ -373,28 +264,12 @@ def test_bad_settings_exit_with_a_one_line_error(tmp_path: Path, overrides: list
 # --- unit checks of the sweeper's helpers -----------------------------------------------------------
 
 
-def _sweeper(n_trials: int) -> OptunaSweeper:
-    return OptunaSweeper(
+def _sweeper(n_trials: int) -> OptunaSearch:
+    return OptunaSearch(
         study_name="unit", storage=None, direction="maximize", directions=None, objective="objective",
         objectives=None, n_trials=n_trials, n_jobs=1, seed=0, max_failure_rate=1.0, failure_check_after=1,
         heartbeat_interval=60, sampler=None, pruner=None, params=None,
     )  # fmt: skip
-
-
-def test_storage_password_goes_to_the_environment_not_to_job_overrides() -> None:
-    url, env = "postgresql://u:secret@127.0.0.1:1/db", {}
-    override = job_storage_override(url, env)
-    assert "secret" not in override and env == {STORAGE_ENV: url}
-    assert override == "sweep.storage=${oc.env:DBS_SWEEP_STORAGE}"
-    cfg = OmegaConf.create({"storage": override.partition("=")[2]})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(STORAGE_ENV, url)
-        assert cfg.storage == url  # what the job reads
-    env = {}
-    assert job_storage_override("sqlite:////tmp/o.db", env) == "sweep.storage=sqlite:////tmp/o.db"
-    assert env == {}
-    assert _hide_password(url) == "postgresql://u:***@127.0.0.1:1/db"
-    assert _hide_password("sqlite:////tmp/o.db") == "sqlite:////tmp/o.db"
 
 
 def test_a_trial_beyond_n_trials_is_given_back_as_surplus() -> None:
@@ -404,14 +279,14 @@ def test_a_trial_beyond_n_trials_is_given_back_as_surplus() -> None:
     study.tell(study.ask(space), 1.0)
     other = study.ask(space)  # another worker's live trial
     other.set_user_attr("heartbeat", time.time())
-    assert [t.number for t in sweeper._live_running(study)] == [1]
+    assert [t.number for t in live_running(study, sweeper.heartbeat_interval)] == [1]
     assert sweeper._ask(study, space, 1) == []  # 1 finished + 1 live + this one > n_trials
     surplus = study.trials[2]
     assert surplus.state == TrialState.FAIL
     assert surplus.user_attrs["interrupted"] is True and surplus.user_attrs["reason"] == "surplus"
-    assert sweeper._count_finished(study) == 1
+    assert count_finished(study) == 1
     other.set_user_attr("heartbeat", time.time() - 600)  # its worker died: no longer counted
-    assert sweeper._live_running(study) == []
+    assert live_running(study, sweeper.heartbeat_interval) == []
     assert [t.number for t in sweeper._ask(study, space, 1)] == [3]
 
 
@@ -458,6 +333,79 @@ def test_single_runs_never_import_optuna() -> None:
         "assert 'optuna' not in sys.modules, 'optuna imported by plugin discovery'\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=app_env()
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# --- workers of one study draw distinct points ------------------------------------------------------
+
+
+def _params(study: optuna.Study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in counted(study)]
+
+
+@pytest.mark.slow
+def test_four_workers_draw_eight_distinct_points(tmp_path: Path) -> None:
+    """Four sweepers started together on one journal file, each with the same configured seed: the
+    later ask of a repeated point gives it back and draws again, so 8 trials are 8 distinct points."""
+    storage = f"journal://{tmp_path / 'journal.log'}"
+    cmd = sweep_cmd(tmp_path, LR, "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner=null", storage=storage)
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"hydra.sweep.dir={tmp_path / f'worker-{i}'}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=app_env(),
+        )
+        for i in range(4)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outputs)
+    study = load(tmp_path, storage)
+    done = counted(study)
+    assert len(done) == 8 and all(t.state == TrialState.COMPLETE for t in done)
+    assert len(set(_params(study))) == 8, _params(study)
+    given_back = [t for t in study.trials if t.user_attrs.get("reason") == "duplicate"]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted: duplicate of trial") for t in given_back)
+
+
+def test_a_resumed_sweep_does_not_replay_the_first_one_s_points(tmp_path: Path) -> None:
+    """The same seed again on a study that holds trials: a seed derived from the study's size."""
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=2")
+    sweep(tmp_path, LR, "hydra.sweeper.n_trials=4")
+    study = load(tmp_path)
+    assert len(counted(study)) == 4 and len(set(_params(study))) == 4, _params(study)
+
+
+def test_one_process_from_an_empty_study_is_reproducible(tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        sweep(tmp_path / name, LR, "batch_size=1,2", "hydra.sweeper.n_trials=4")
+        runs.append(_params(load(tmp_path / name)))
+    assert runs[0] == runs[1] and len(set(runs[0])) == 4
+
+
+def test_a_repeated_draw_is_given_back_and_drawn_again() -> None:
+    """Two workers with the same seed: the second draws the first's point, gives it back, moves on."""
+    space = {"lr": FloatDistribution(0.01, 1.0)}
+    study = optuna.create_study(direction="maximize", study_name="unit")
+    first, second = _sweeper(n_trials=4), _sweeper(n_trials=4)
+    for sweeper in (first, second):
+        sweeper.name, sweeper.space, sweeper.joined_at = "unit", space, 0
+    study.sampler = first._make_sampler(space, first._sampler_seed())
+    [a] = first._ask(study, space, 1)
+    study.sampler = second._make_sampler(space, second._sampler_seed())  # the same seed: the same draw
+    [b] = second._ask(study, space, 1)
+    assert a.number == 0 and b.number == 2 and a.params != b.params
+    given_back = study.trials[1]
+    assert given_back.params == a.params and given_back.state == TrialState.FAIL
+    assert given_back.user_attrs["reason"] == "duplicate" and given_back.user_attrs["interrupted"] is True
+    # a small discrete space whose every point is taken: a repeat is kept rather than drawn forever
+    tiny = {"opt": optuna.distributions.CategoricalDistribution(["adam"])}
+    study = optuna.create_study(direction="maximize")
+    study.tell(first._ask(study, tiny, 1)[0], 1.0)
+    [again] = first._ask(study, tiny, 1)
+    assert again.params == {"opt": "adam"} and len(study.trials) == 2

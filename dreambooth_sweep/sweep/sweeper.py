@@ -1,7 +1,8 @@
-"""Optuna sweeper: ask a batch of trials, launch them as Hydra jobs, tell Optuna how each ended.
+"""Optuna search as a Hydra sweeper: ask a batch of trials, launch them as jobs, tell Optuna how each ended.
 
 Hydra finds it through the thin plugin ``hydra_plugins.dreambooth_sweep_optuna.optuna_sweeper``, which
-imports this module (and Optuna) only when a sweep starts. Search spaces: :mod:`dreambooth_sweep.search_space`.
+imports this module (and Optuna) only when a sweep starts. Search spaces:
+:mod:`dreambooth_sweep.sweep.search_space`; storages: :mod:`dreambooth_sweep.sweep.storage`.
 
 1. The search space comes from ``hydra.sweeper.params`` and from sweep overrides on the command line
    (``train.lr='tag(log, interval(1e-7, 1e-5))'``); other overrides reach every job unchanged.
@@ -9,7 +10,7 @@ imports this module (and Optuna) only when a sweep starts. Search spaces: :mod:`
    ``n_trials`` trials have finished.
 3. Each batch of ``n_jobs`` trials is sampled up front and launched through the configured Hydra
    launcher, each job with its parameters and ``sweep.study_name/storage/trial_number``. A job reports
-   checkpoint scores to its trial and is pruned there (:class:`dreambooth_sweep.sweep.TrialReporter`).
+   checkpoint scores to its trial and is pruned there (:class:`dreambooth_sweep.sweep.job.TrialReporter`).
 4. A job that returns → COMPLETE with the value(s) under ``objective(s)`` of its returned dict; one that
    raised ``optuna.TrialPruned`` → PRUNED; any other exception (out of memory, a bug) → FAIL with a
    ``fail_reason`` user attr. The sweep goes on unless too many of its trials failed.
@@ -19,6 +20,17 @@ While a batch runs, the sweeper stamps a ``heartbeat`` user attr on its trials e
 ``heartbeat_interval`` seconds. A RUNNING trial whose heartbeat is older than three intervals was left
 by a killed sweeper: the next sweeper on the study fails it with the user attr ``interrupted: true``.
 Interrupted trials (also those of a sweep stopped with Ctrl-C) do not count towards ``n_trials``.
+
+One module past 500 lines on purpose: :class:`OptunaSearch` is one ask/launch/tell loop whose steps
+share the open study, its seeds and this sweep's tally; what does not need that state (heartbeats,
+stale trials, telling, summaries) is in :mod:`dreambooth_sweep.sweep.trials`.
+
+Seeds: workers of one study never run the same point twice. A sweeper that opens an empty study
+seeds its sampler with the configured seed (one process from an empty study is reproducible); one
+that joins a study already holding N trials (a resumed sweep, a late worker) derives its seed from
+(seed, study name, N). Workers started together on an empty study draw the same first point: the
+later ask sees the earlier one's trial with the same parameters, gives its own back (interrupted,
+``reason: duplicate``) and draws again with a seed derived from its trial number, unique in the study.
 """
 
 from __future__ import annotations
@@ -27,9 +39,6 @@ import gc
 import inspect
 import logging
 import math
-import os
-import re
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -46,45 +55,49 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from dreambooth_sweep.search_space import format_value, grid_search_space, parse_search_space
-from dreambooth_sweep.sweep import (
+from dreambooth_sweep.errors import one_line
+from dreambooth_sweep.objective import best_of
+from dreambooth_sweep.sweep.errors import SweepError
+from dreambooth_sweep.sweep.job import numeric_metrics
+from dreambooth_sweep.sweep.search_space import format_value, grid_search_space, parse_search_space
+from dreambooth_sweep.sweep.storage import (
     JOURNAL_PREFIX,
-    SweepError,
-    numeric_metrics,
+    job_storage_override,
     open_storage,
     release_job_storages,
 )
+from dreambooth_sweep.sweep.trials import (
+    TRIED,
+    Heartbeat,
+    count_finished,
+    derive_seed,
+    drop_traceback,
+    fail_stale_trials,
+    interrupt,
+    live_running,
+    outcome,
+    params_key,
+    space_size,
+    tell,
+)
+from dreambooth_sweep.tracking.secrets import mask_text
 
-__all__ = ["STORAGE_ENV", "OptunaSweeper", "SweepError", "job_storage_override"]
+__all__ = ["MAX_REDRAWS", "OptunaSearch"]
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Helpers of the sweeper
-
-
-def _one_line(exc: BaseException, limit: int = 500) -> str:
-    message = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
-    try:
-        study.tell(trial, skip_if_finished=True, **kwargs)
-    except RuntimeError as e:
-        # GridSampler calls study.stop() after the last grid point, which only works inside
-        # study.optimize (optuna#5141); the trial's state was saved before that.
-        if "Study.stop" not in str(e):
-            raise
-
-
-def _build(what: str, cfg: Any, base: type, defaults: Mapping[str, Callable[[], Any]]) -> tuple[Any, dict]:
+def _build(
+    what: str,
+    cfg: Any,
+    base: type,
+    defaults: Mapping[str, Callable[[], Any]],
+    force: Mapping[str, Any] | None = None,
+) -> tuple[Any, dict]:
     """Instantiate a ``{_target_: ...}`` config of an Optuna sampler or pruner, with one-line errors.
 
-    ``defaults`` fill constructor arguments the config leaves out (a sampler's seed, the grid).
-    Returns the object and the config it was built from.
+    ``defaults`` fill constructor arguments the config leaves out (the grid), ``force`` replaces
+    them (the sampler seed this process derived). Returns the object and the config it was built from.
     """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     if not isinstance(cfg, dict) or "_target_" not in cfg:
@@ -101,83 +114,24 @@ def _build(what: str, cfg: Any, base: type, defaults: Mapping[str, Callable[[], 
         )
     accepted = inspect.signature(cls).parameters
     cfg.update({key: make() for key, make in defaults.items() if key in accepted and key not in cfg})
+    cfg.update({key: value for key, value in (force or {}).items() if key in accepted})
     try:
         return instantiate(cfg, _convert_="all"), cfg
     except Exception as e:
-        raise SweepError(f"hydra.sweeper.{what}: {target}: {_one_line(e.__cause__ or e)}") from None
+        raise SweepError(
+            f"hydra.sweeper.{what}: {target}: {one_line(e.__cause__ or e, with_type=True)}"
+        ) from None
 
 
-_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]+@")
-
-# Where jobs read a storage URL that carries a password (see job_storage_override).
-STORAGE_ENV = "DBS_SWEEP_STORAGE"
-
-
-def _hide_password(url: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***@", url)
-
-
-def job_storage_override(url: str, environ: Any = os.environ) -> str:
-    """The ``sweep.storage`` override of every job.
-
-    Hydra writes overrides to its launcher log line and to each job's ``.hydra/*.yaml``: a URL with a
-    password goes to the environment variable ``DBS_SWEEP_STORAGE`` instead (set here in ``environ``,
-    which in-process and local launchers pass on to their jobs; a remote launcher's workers need it
-    set themselves), and the override is the literal interpolation ``${oc.env:DBS_SWEEP_STORAGE}``.
-    """
-    if not _URL_PASSWORD.search(url):
-        return f"sweep.storage={format_value(url)}"
-    environ[STORAGE_ENV] = url
-    return f"sweep.storage=${{oc.env:{STORAGE_ENV}}}"
-
-
-def _drop_traceback(exc: BaseException) -> None:
-    """Let go of the frames of a job's exception (and its causes): they hold what ``train()`` held,
-    its model and optimizer, and with them GPU memory for the rest of an in-process sweep."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if exc.__traceback__ is not None:
-            traceback.clear_frames(exc.__traceback__)
-            exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-
-
-class _Heartbeat:
-    """Stamps the batch's trials as alive every ``interval`` seconds while their jobs run."""
-
-    def __init__(self, trials: Sequence[Trial], interval: float) -> None:
-        self.trials, self.interval = trials, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="optuna-sweeper-heartbeat", daemon=True)
-
-    def __enter__(self) -> None:
-        self.beat()
-        self.thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)  # a daemon: never wait long on a beat stuck behind a lock
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            self.beat()
-
-    def beat(self) -> None:
-        now = time.time()
-        for trial in self.trials:
-            try:
-                trial.set_user_attr("heartbeat", now)
-            except Exception as e:  # finished elsewhere meanwhile; its job will find out when it reports
-                log.debug("heartbeat of trial %d: %s", trial.number, e)
-
-
+# Draws of one ask that may repeat another trial's parameters before the repeat is kept.
+MAX_REDRAWS = 5
 # ---------------------------------------------------------------------------------------------------
 # The sweeper
 
 
-class OptunaSweeper(Sweeper):
-    """Hydra sweeper over an Optuna study; :mod:`.config` says what each setting means."""
+class OptunaSearch(Sweeper):
+    """Hydra sweeper over an Optuna study; :mod:`hydra_plugins.dreambooth_sweep_optuna.config` says what
+    each setting means."""
 
     def __init__(
         self,
@@ -228,6 +182,10 @@ class OptunaSweeper(Sweeper):
     def multi_objective(self) -> bool:
         return len(self.directions) > 1
 
+    @property
+    def maximize(self) -> bool:
+        return self.directions[0] == "maximize"
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -254,15 +212,16 @@ class OptunaSweeper(Sweeper):
         returns: list[Sequence[JobReturn]] = []
         waiting = False
         while True:
-            self._fail_stale_trials(study)
-            done = self._count_finished(study)
+            fail_stale_trials(study, self.storage_obj, self.study_id, self.heartbeat_interval)
+            done = count_finished(study)
             if done >= self.n_trials:
                 break
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+            if grid and study.sampler.is_exhausted(study):
                 log.info("every point of the grid has been tried: stopping at %d trials", done)
                 break
-            live = len(self._live_running(study))
-            if done + live >= self.n_trials:
+            live = len(live_running(study, self.heartbeat_interval))
+            if done + live >= self.n_trials or (grid and live and self._grid_busy(study)):
                 # Other workers run the last trials: wait for them to finish (or to go stale, then redo them).
                 if not waiting:
                     log.info("%d trials finished, %d running in other workers: waiting for them", done, live)
@@ -276,7 +235,7 @@ class OptunaSweeper(Sweeper):
                 continue
             batch = [self._job_overrides(fixed, trial) for trial in trials]
             try:
-                with _Heartbeat(trials, self.heartbeat_interval):
+                with Heartbeat(trials, self.heartbeat_interval):
                     self.validate_batch_is_legal(batch)
                     # job dirs are numbered like the trials (exactly so while one sweeper drives the study)
                     results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
@@ -286,7 +245,7 @@ class OptunaSweeper(Sweeper):
                 traceback.clear_frames(e.__traceback__)
                 release_job_storages()
                 gc.collect()
-                self._interrupt(study, trials, f"interrupted: {_one_line(e)}")
+                interrupt(study, trials, f"interrupted: {one_line(e, with_type=True)}")
                 raise
             for trial, result in zip(trials, results, strict=True):
                 self._record(study, trial, result)
@@ -306,7 +265,7 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=self.name,
             storage=self.storage_obj,
-            sampler=self._make_sampler(space),
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once the study's size is known
             pruner=pruner,
             directions=self.directions,
             load_if_exists=True,
@@ -314,21 +273,26 @@ class OptunaSweeper(Sweeper):
         existing = [d.name.lower() for d in study.directions]
         if existing != self.directions:
             raise SweepError(
-                f"study {self.name!r} in {_hide_password(self.storage_url)} has directions {existing}, "
+                f"study {self.name!r} in {mask_text(self.storage_url)} has directions {existing}, "
                 f"not {self.directions}: use another hydra.sweeper.study_name"
             )
         study.set_user_attr("pruner", pruner_cfg)  # the jobs rebuild the pruner from this
         study.set_user_attr("objectives", self.objectives)
         self.study_id = self.storage_obj.get_study_id_from_name(self.name)
+        self.space = dict(space)
+        self.joined_at = len(study.get_trials(deepcopy=False))
+        seed = self._sampler_seed()
+        study.sampler = self._make_sampler(space, seed)
         log.info(
-            "Optuna study %r in %s: %s %s, %s, %s; %d of %d trials finished",
+            "Optuna study %r in %s: %s %s, %s (seed %s), %s; %d of %d trials finished",
             self.name,
-            _hide_password(self.storage_url),
+            mask_text(self.storage_url),
             "/".join(self.directions),
             ", ".join(self.objectives),
             type(study.sampler).__name__,
+            "random" if seed is None else seed,
             type(pruner).__name__,
-            self._count_finished(study),
+            count_finished(study),
             self.n_trials,
         )
         log.info("search space: %s", "; ".join(f"{k}: {d}" for k, d in space.items()))
@@ -350,17 +314,45 @@ class OptunaSweeper(Sweeper):
             return f"sqlite:///{Path(path).expanduser().resolve()}{sep}{query}"
         return url
 
-    def _make_sampler(self, space: Mapping[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    def _configured_seed(self) -> int | None:
+        """``hydra.sweeper.sampler.seed`` if the sampler config sets one, else ``hydra.sweeper.seed``."""
+        cfg = self.sampler_cfg
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        seed = cfg.get("seed") if isinstance(cfg, Mapping) else None
+        return self.seed if seed is None else int(seed)
+
+    def _sampler_seed(self, number: int | None = None, attempt: int = 0) -> int | None:
+        """The seed of this process's sampler (see "Seeds" in the module docstring).
+
+        A sweeper that opens an empty study uses the configured seed as it is (one process from an
+        empty study is reproducible); one that joins a study holding N trials derives its seed from
+        (seed, study, N), so a resumed sweep does not replay the first one's draws. A draw that
+        repeats another trial's parameters is made again with a seed derived from (seed, study,
+        trial number, attempt): trial numbers are unique in the study, so workers that started with
+        the same seed part ways. No configured seed: Optuna's own random seed.
+        """
+        seed = self._configured_seed()
+        if seed is None:
+            return None
+        if number is not None:
+            return derive_seed(seed, self.name, "redraw", number, attempt)
+        if self.joined_at == 0:
+            return seed
+        return derive_seed(seed, self.name, "joined", self.joined_at)
+
+    def _make_sampler(
+        self, space: Mapping[str, BaseDistribution], seed: int | None
+    ) -> optuna.samplers.BaseSampler:
         if self.sampler_cfg is None:
             if self.multi_objective:
-                return optuna.samplers.NSGAIISampler(seed=self.seed)
-            return optuna.samplers.TPESampler(seed=self.seed)
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.TPESampler(seed=seed)
         defaults: dict[str, Callable[[], Any]] = {
             "search_space": lambda: grid_search_space(space)
         }  # GridSampler
-        if self.seed is not None:
-            defaults["seed"] = lambda: self.seed
-        return _build("sampler", self.sampler_cfg, optuna.samplers.BaseSampler, defaults)[0]
+        force = {} if seed is None else {"seed": seed}
+        return _build("sampler", self.sampler_cfg, optuna.samplers.BaseSampler, defaults, force)[0]
 
     def _make_pruner(self) -> tuple[optuna.pruners.BasePruner, dict[str, Any] | None]:
         """The pruner, and the config the jobs rebuild it from (None: they do not prune)."""
@@ -378,23 +370,6 @@ class OptunaSweeper(Sweeper):
             return optuna.pruners.NopPruner(), None
         return pruner, cfg
 
-    @staticmethod
-    def _count_finished(study: optuna.Study) -> int:
-        trials = study.get_trials(deepcopy=False)
-        return sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in trials)
-
-    def _live_running(self, study: optuna.Study) -> list[FrozenTrial]:
-        """RUNNING trials whose sweeper is alive: a recent heartbeat, or none yet but just asked."""
-        now, grace = time.time(), 3 * self.heartbeat_interval
-        live = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.user_attrs.get("heartbeat")
-            if beat is None and t.datetime_start is not None:
-                beat = t.datetime_start.timestamp()  # a naive local time, as Optuna stores it
-            if beat is not None and now - beat <= grace:
-                live.append(t)
-        return live
-
     def _ask(self, study: optuna.Study, space: Mapping[str, BaseDistribution], n: int) -> list[Trial]:
         """Ask up to ``n`` trials; give back one that another worker's concurrent ask made surplus.
 
@@ -404,20 +379,22 @@ class OptunaSweeper(Sweeper):
         """
         trials: list[Trial] = []
         for _ in range(n):
-            trial = study.ask(space)
+            trial = self._ask_distinct(study, space)
+            if trial is None:
+                break
             counted = sorted(
                 [
                     t.number
                     for t in study.get_trials(deepcopy=False)
                     if t.state.is_finished() and not t.user_attrs.get("interrupted")
                 ]
-                + [t.number for t in self._live_running(study)]
+                + [t.number for t in live_running(study, self.heartbeat_interval)]
             )
             if trial.number in counted[: self.n_trials]:
                 trials.append(trial)
                 continue
             trial.set_user_attr("reason", "surplus")
-            self._interrupt(study, [trial], "interrupted: surplus (other workers asked the last trials)")
+            interrupt(study, [trial], "interrupted: surplus (other workers asked the last trials)")
             log.info(
                 "trial %d: surplus to n_trials=%d after another worker's ask; given back",
                 trial.number,
@@ -426,40 +403,53 @@ class OptunaSweeper(Sweeper):
             break
         return trials
 
+    def _ask_distinct(self, study: optuna.Study, space: Mapping[str, BaseDistribution]) -> Trial | None:
+        """Ask one trial whose parameters no COMPLETE, PRUNED, RUNNING or WAITING trial has.
+
+        A repeat (another worker drew the same point from the same seed) is given back as
+        interrupted with ``reason: duplicate`` and drawn again with a reseeded sampler, at most
+        :data:`MAX_REDRAWS` times; then, or when a discrete space has no untried point left, the
+        repeat is kept (a sampler may return to a point on purpose). A grid never repeats a point:
+        a duplicate there means every point is taken, and None is returned.
+        """
+        grid = isinstance(study.sampler, optuna.samplers.GridSampler)
+        for attempt in range(1, MAX_REDRAWS + 2):
+            trial = study.ask(space)
+            tried = [
+                t
+                for t in study.get_trials(deepcopy=False, states=TRIED)
+                if t.number != trial.number and not t.user_attrs.get("interrupted")
+            ]
+            twin = next((t.number for t in tried if t.params == trial.params), None)
+            if twin is None:
+                return trial
+            size = space_size(space)
+            full = size is not None and len({params_key(t.params) for t in tried}) >= size
+            if not grid and (full or attempt > MAX_REDRAWS):
+                log.info("trial %d repeats the parameters of trial %d", trial.number, twin)
+                return trial
+            trial.set_user_attr("reason", "duplicate")
+            interrupt(study, [trial], f"interrupted: duplicate of trial {twin}, drawn again")
+            log.info("trial %d repeats the parameters of trial %d: given back", trial.number, twin)
+            if grid:
+                return None
+            study.sampler = self._make_sampler(space, self._sampler_seed(trial.number, attempt))
+        raise AssertionError("unreachable")
+
+    def _grid_busy(self, study: optuna.Study) -> bool:
+        """Whether every point of a grid is finished or running (then a new ask would only repeat one)."""
+        taken = {
+            t.system_attrs.get("grid_id")
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() or t.state == TrialState.RUNNING
+        }
+        return len(taken - {None}) >= (space_size(self.space) or 0)
+
     def _frozen(self, number: int) -> FrozenTrial:
         """The trial as stored now, with what its job reported."""
         return self.storage_obj.get_trial(
             self.storage_obj.get_trial_id_from_study_id_trial_number(self.study_id, number)
         )
-
-    def _fail_stale_trials(self, study: optuna.Study) -> None:
-        """Fail RUNNING trials whose sweeper stopped beating (it was killed); other workers' trials go on."""
-        now, grace = time.time(), 3 * self.heartbeat_interval
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = t.user_attrs.get("heartbeat")
-            if beat is not None and now - beat > grace:
-                trial_id = self.storage_obj.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
-                self.storage_obj.set_trial_user_attr(trial_id, "interrupted", True)
-                self.storage_obj.set_trial_user_attr(
-                    trial_id, "fail_reason", f"interrupted: silent for {now - beat:.0f} s"
-                )
-                _tell(study, t.number, state=TrialState.FAIL)
-                log.warning(
-                    "trial %d: its sweeper went silent %.0f s ago; failed as interrupted",
-                    t.number,
-                    now - beat,
-                )
-
-    @staticmethod
-    def _interrupt(study: optuna.Study, trials: Sequence[Trial], reason: str) -> None:
-        """Fail trials that could not run to an end; they do not count towards n_trials."""
-        for trial in trials:
-            try:
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", reason)
-                _tell(study, trial, state=TrialState.FAIL)
-            except Exception as e:
-                log.warning("could not mark trial %d as interrupted: %s", trial.number, _one_line(e))
 
     # --- one trial ---------------------------------------------------------------------------------
 
@@ -510,41 +500,46 @@ class OptunaSweeper(Sweeper):
                     metrics["best_score"] = values[0]
                 for key, value in metrics.items():
                     trial.set_user_attr(key, value)
-                _tell(study, trial, values=values)
+                tell(study, trial, values=values)
         elif isinstance(result._return_value, optuna.TrialPruned):  # .return_value would re-raise it
-            _drop_traceback(result._return_value)
-            scores = list(reported.intermediate_values.values())
-            if "best_score" not in reported.user_attrs and scores:
-                trial.set_user_attr(
-                    "best_score", max(scores) if self.directions[0] == "maximize" else min(scores)
-                )
-            _tell(study, trial, state=TrialState.PRUNED)
+            drop_traceback(result._return_value)
+            scores = reported.intermediate_values
+            if scores:
+                trial.set_user_attr("pruned_at_step", max(scores))
+            best = best_of(
+                scores.items(), score=lambda kv: kv[1], step=lambda kv: kv[0], maximize=self.maximize
+            )
+            if "best_score" not in reported.user_attrs and best is not None:
+                trial.set_user_attr("best_step", best[0])
+                trial.set_user_attr("best_score", best[1])
+            tell(study, trial, state=TrialState.PRUNED)
         else:
             error = result._return_value
         if error is not None:
-            reason = _one_line(error) if isinstance(error, BaseException) else f"job failed: {error!r}"
+            reason = (
+                one_line(error, with_type=True)
+                if isinstance(error, BaseException)
+                else f"job failed: {error!r}"
+            )
             trial.set_user_attr("fail_reason", reason)
-            _tell(study, trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             self.failed += 1
             self.last_failure = reason
             exc_info = error if isinstance(error, BaseException) else None
             log.warning("trial %d failed: %s", trial.number, reason, exc_info=exc_info)
             if exc_info is not None:
-                _drop_traceback(exc_info)
+                drop_traceback(exc_info)
             del error, exc_info
         self.finished += 1
 
         done = self._frozen(trial.number)
-        value = ", ".join(f"{v:.6g}" for v in done.values) if done.values else "-"
-        step = done.user_attrs.get("best_step")
         log.info(
-            "[%d/%d] trial %d %s: %s%s | %s",
-            self._count_finished(study),
+            "[%d/%d] trial %d %s: %s | %s",
+            count_finished(study),
             self.n_trials,
             done.number,
             done.state.name,
-            value,
-            "" if step is None else f" (best step {step})",
+            outcome(done),
             " ".join(f"{k}={format_value(v)}" for k, v in done.params.items()),
         )
 
@@ -573,11 +568,23 @@ class OptunaSweeper(Sweeper):
         }
         results: dict[str, Any] = {
             "study_name": self.name,
-            "storage": _hide_password(self.storage_url),
+            "storage": mask_text(self.storage_url),
             "directions": self.directions,
             "objectives": self.objectives,
             "trials": counts,
         }
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        if pruned:
+            results["pruned_trials"] = [
+                {
+                    "trial": t.number,
+                    "pruned_at_step": t.user_attrs.get("pruned_at_step"),
+                    "best_score": t.user_attrs.get("best_score"),
+                    "best_step": t.user_attrs.get("best_step"),
+                    "params": t.params,
+                }
+                for t in pruned
+            ]
         if self.multi_objective:
             results["pareto_front"] = [
                 {
@@ -608,5 +615,5 @@ class OptunaSweeper(Sweeper):
         log.info("results: %s", path)
         log.info(
             "browse every trial: optuna-dashboard %s",
-            _hide_password(self.storage_url.removeprefix(JOURNAL_PREFIX)),
+            mask_text(self.storage_url.removeprefix(JOURNAL_PREFIX)),
         )
