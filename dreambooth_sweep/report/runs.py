@@ -20,6 +20,19 @@ from typing import Any
 from dreambooth_sweep.report.model import ReportError, Trial
 from dreambooth_sweep.report.overrides import parse_overrides
 from dreambooth_sweep.tracking.secrets import mask_text
+from dreambooth_sweep.tracking.store import default_uri
+from dreambooth_sweep.tracking.tags import (
+    ROLE_PARENT,
+    TAG_ERROR,
+    TAG_HYDRA_JOB_NUM,
+    TAG_HYDRA_OVERRIDES,
+    TAG_OPTUNA_TRIAL,
+    TAG_OUTPUT_DIR,
+    TAG_PARENT,
+    TAG_PRUNED,
+    TAG_ROLE,
+    TAG_SWEEP_ID,
+)
 
 __all__ = ["MlflowSweep", "download_grid", "log_to_mlflow", "merge_mlflow"]
 
@@ -39,7 +52,7 @@ def _find_parent(mlflow: Any, sweep_ids: Sequence[str]) -> str | None:
     for sweep_id in sweep_ids:
         runs = mlflow.search_runs(
             experiments,
-            filter_string=f"tags.`dbs.sweep_id` = '{sweep_id}' and tags.`dbs.role` = 'parent'",
+            filter_string=f"tags.`{TAG_SWEEP_ID}` = '{sweep_id}' and tags.`{TAG_ROLE}` = '{ROLE_PARENT}'",
             max_results=1,
         )
         if runs:
@@ -59,11 +72,13 @@ def _resolve_parent(mlflow: Any, source: str) -> str:
         raise ReportError(f"{source!r} is neither a folder, an MLflow run id nor an MLflow experiment")
     runs = mlflow.search_runs(
         [exp.experiment_id],
-        filter_string="tags.`dbs.role` = 'parent'",
+        filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'",
         order_by=["attributes.start_time DESC"],
     )
     if not runs:
-        raise ReportError(f"MLflow experiment {source!r} has no sweep parent run (tag dbs.role=parent)")
+        raise ReportError(
+            f"MLflow experiment {source!r} has no sweep parent run (tag {TAG_ROLE}={ROLE_PARENT})"
+        )
     return runs[0].info.run_id
 
 
@@ -73,7 +88,7 @@ def _children(mlflow: Any, parent_id: str) -> list[Any]:
     token = None
     while True:
         page = mlflow.search_runs(
-            [experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000, page_token=token
+            [experiment], f"tags.`{TAG_PARENT}` = '{parent_id}'", max_results=1000, page_token=token
         )
         runs += list(page)
         token = page.token
@@ -94,9 +109,7 @@ class MlflowSweep:
     @classmethod
     def open(cls, source: str, uri: str | None) -> MlflowSweep:
         """The sweep given on the command line as a parent run id or an experiment name."""
-        uri = (
-            uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('outputs/mlflow.db').resolve()}"
-        )
+        uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri("outputs")
         try:
             mlflow = client(uri)
             parent_id = _resolve_parent(mlflow, source)
@@ -127,7 +140,7 @@ class MlflowSweep:
         """Sweep folders of the child runs that are on this machine (read like any multirun folder)."""
         dirs: list[Path] = []
         for run in self.runs:
-            out = run.data.tags.get("output_dir")
+            out = run.data.tags.get(TAG_OUTPUT_DIR)
             if out and (Path(out) / ".hydra").is_dir() and Path(out).resolve().parent not in dirs:
                 dirs.append(Path(out).resolve().parent)
         return dirs
@@ -136,13 +149,13 @@ class MlflowSweep:
 def _state(run: Any) -> str:
     status = run.info.status
     if status == "FINISHED":
-        return "PRUNED" if run.data.tags.get("pruned") == "true" else "COMPLETE"
+        return "PRUNED" if run.data.tags.get(TAG_PRUNED) == "true" else "COMPLETE"
     return "FAIL" if status in ("FAILED", "KILLED") else "RUNNING"
 
 
 def _run_number(run: Any, default: int) -> int:
     tags = run.data.tags
-    for key in ("optuna.trial_number", "hydra.job_num"):
+    for key in (TAG_OPTUNA_TRIAL, TAG_HYDRA_JOB_NUM):
         if str(tags.get(key, "")).lstrip("-").isdigit():
             return int(tags[key])
     return default
@@ -161,7 +174,7 @@ def _split_overrides(text: str) -> list[str]:
 
 def _trial_from_run(mlflow: Any, run: Any, number: int) -> Trial:
     """A child run whose folder is not on this machine: overrides from tags, curves from metric history."""
-    overrides = _split_overrides(run.data.tags.get("hydra.overrides", ""))
+    overrides = _split_overrides(run.data.tags.get(TAG_HYDRA_OVERRIDES, ""))
     values, _ = parse_overrides(overrides)
     lr = run.data.params.get("train.lr")
     trial = Trial(number=number, overrides=overrides, values=values)
@@ -178,7 +191,7 @@ def merge_mlflow(trials: dict[int, Trial], mlflow: Any, runs: Sequence[Any], sta
     by_dir = {t.run_dir.resolve(): t for t in trials.values() if t.run_dir is not None}
     for index, run in enumerate(runs):
         number = _run_number(run, index)
-        out = run.data.tags.get("output_dir")
+        out = run.data.tags.get(TAG_OUTPUT_DIR)
         trial = by_dir.get(Path(out).resolve()) if out else None
         if trial is None and number in trials and trials[number].run_dir is None:
             trial = trials[number]
@@ -191,7 +204,7 @@ def merge_mlflow(trials: dict[int, Trial], mlflow: Any, runs: Sequence[Any], sta
         if states and not trial.state_file:
             trial.state = _state(run)
             if trial.state == "FAIL":
-                trial.fail_reason = run.data.tags.get("error") or trial.fail_reason
+                trial.fail_reason = run.data.tags.get(TAG_ERROR) or trial.fail_reason
 
 
 def download_grid(uri: str, run_id: str, step: int, dest: Path) -> bool:

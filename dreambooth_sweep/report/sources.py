@@ -34,6 +34,8 @@ from dreambooth_sweep.report.model import INTERNAL, ReportError, Sweep, Trial, i
 from dreambooth_sweep.report.overrides import load_yaml, parse_overrides, select
 from dreambooth_sweep.report.runs import MlflowSweep, merge_mlflow
 from dreambooth_sweep.tracking.secrets import mask_text
+from dreambooth_sweep.tracking.store import default_uri
+from dreambooth_sweep.tracking.tags import grid_sweep_id, optuna_sweep_id
 
 __all__ = ["TRIAL_STATE_FILE", "load_sweep", "read_history", "read_job", "read_study", "read_sweep_dir"]
 
@@ -197,18 +199,18 @@ def read_sweep_dir(sweep_dir: Path) -> tuple[list[Trial], _DirInfo]:
             if uri and "${" not in str(uri):
                 info.tracking_uri = str(uri)
             elif (log_dir := _log_dir(cfg, trial.cwd)) is not None and (log_dir / "mlflow.db").exists():
-                info.tracking_uri = f"sqlite:///{(log_dir / 'mlflow.db').resolve()}"
+                info.tracking_uri = default_uri(log_dir)
     # The ids tracking gives this sweep's MLflow parent run.
     if info.study:
-        info.sweep_ids.append(f"optuna:{info.study[0]}")
+        info.sweep_ids.append(optuna_sweep_id(info.study[0]))
     hydra_cfg = (
         load_yaml(trials[0].run_dir / ".hydra" / "hydra.yaml") if trials and trials[0].run_dir else None
     )
     configured = select(hydra_cfg, "hydra.sweep.dir")
     cwd = select(hydra_cfg, "hydra.runtime.cwd")
     if isinstance(configured, str) and cwd:
-        info.sweep_ids.append(f"hydra:{Path(cwd, configured).resolve()}")
-    info.sweep_ids.append(f"hydra:{sweep_dir.resolve()}")
+        info.sweep_ids.append(grid_sweep_id(Path(cwd, configured)))
+    info.sweep_ids.append(grid_sweep_id(sweep_dir))
     return trials, info
 
 
@@ -256,7 +258,7 @@ def _is_continuous(distribution: Any) -> bool:
 
 def _merge_study(trials: dict[int, Trial], frozen: Sequence[Any]) -> None:
     """Optuna knows the true states, the trials without a folder yet, and each trial's reported curve."""
-    from dreambooth_sweep.search_space import format_value
+    from dreambooth_sweep.sweep.search_space import format_value
 
     for ft in frozen:
         trial = trials.setdefault(ft.number, Trial(number=ft.number))
@@ -355,7 +357,7 @@ def load_sweep(
         uri = tracking_uri or next((i.tracking_uri for i in infos if i.tracking_uri), None)
         if uri is None and study_ref is not None:
             uri = os.environ.get("MLFLOW_TRACKING_URI")
-        ids = [s for i in infos for s in i.sweep_ids] + ([f"optuna:{study_ref[0]}"] if study_ref else [])
+        ids = [s for i in infos for s in i.sweep_ids] + ([optuna_sweep_id(study_ref[0])] if study_ref else [])
         parent = next((i.parent_run_id for i in infos if i.parent_run_id), None)
         mlflow = MlflowSweep.find(uri, parent, ids, notes) if uri else None
     if mlflow is not None:
