@@ -4,7 +4,7 @@ The DreamBooth paper's backbones — DINO ViT-S/16 for ``eval.dino_model`` and C
 for ``eval.clip_model`` (and the ``tiny`` stand-ins of both) — keep the paper's names: ``eval/dino``,
 ``eval/pres``, ``eval/div_dino``, ``eval/mem_mean``/``mem_max``/``mem_ceiling``, ``eval/clip_i``,
 ``eval/clip_t``. Any other backbone gets a label ``<family>_<size><patch>[_<pixels>]`` (size from
-the embedding width: ti s b l h g so400m, or ``w<width>``; pixels only when not 224, CLIP/SigLIP
+the embedding width: ti s b l h g so400m, else ``w<width>p``; pixels only when not 224, CLIP/SigLIP
 only) that replaces ``dino`` in a name that has it and is appended to every other name of its slot:
 
 ==========================  ================================================================
@@ -57,7 +57,7 @@ def backbone_label(slot: str, family: str, width: int, patch: int, pixels: int |
         pixels = None
     if (family, width, patch, pixels) == _PAPER[slot]:
         return ""
-    label = f"{family}_{_SIZES.get(width, f'w{width}')}{patch}"
+    label = f"{family}_{_SIZES.get(width, f'w{width}p')}{patch}"
     return f"{label}_{pixels}" if pixels not in (None, 224) else label
 
 
