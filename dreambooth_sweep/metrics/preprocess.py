@@ -93,6 +93,9 @@ def describe_processor(processor: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if hasattr(value, "items"):
             return {k: v for k, v in value.items() if v is not None}
+        if hasattr(value, "height") or hasattr(value, "shortest_edge"):  # transformers' SizeDict
+            sides = ("height", "width", "shortest_edge", "longest_edge")
+            return {k: getattr(value, k) for k in sides if getattr(value, k, None) is not None}
         if isinstance(value, (list, tuple)):
             return [float(v) for v in value]
         return value
