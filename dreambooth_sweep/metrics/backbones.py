@@ -40,17 +40,12 @@ from dreambooth_sweep.metrics.preprocess import (
 from dreambooth_sweep.tiny import TINY_ID
 
 __all__ = [
-    "DEFAULT_CLIP_MODEL",
-    "DEFAULT_DINO_MODEL",
     "FAMILIES",
     "Encoder",
     "Family",
     "clear_model_cache",
     "load_encoder",
 ]
-
-DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-DEFAULT_DINO_MODEL = "facebook/dino-vits16"
 
 
 @dataclass(frozen=True)

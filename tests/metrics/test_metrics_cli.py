@@ -156,3 +156,14 @@ def test_a_step_folder_rescores_to_the_logged_metrics_with_no_flags(
     argv = ["--generated", str(result.sample_dir), "--cache-dir", str(cache_dir), "--dino-model", "tiny"]
     assert M.main([*argv, "--metrics", "dino"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"eval/dino"}
+
+
+@pytest.mark.parametrize("kind, family", [("dinov2", "dinov2"), ("siglip", "siglip")])
+def test_make_tiny_model_writes_every_backbone_kind(kind: str, family: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / kind
+    assert dreambooth_sweep_main(["make-tiny-model", str(out), "--kind", kind]) == 0
+    assert "score with it" in capsys.readouterr().out
+    slot = "dino" if kind == "dinov2" else "clip"
+    encoder = M.load_encoder(slot, str(out), preprocess="model_config", cache_dir=tmp_path)
+    assert encoder.family.name == family
+    assert encoder.embed_images([noise(0)]).shape == (1, 32)
