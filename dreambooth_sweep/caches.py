@@ -30,7 +30,6 @@ import ctypes
 import gc
 import hashlib
 import logging
-import sys
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -278,9 +277,10 @@ def release_process_caches() -> None:
     before its report is built."""
     BASE_MODELS.clear()
     BASE_SAMPLES.clear()
-    metrics = sys.modules.get("dreambooth_sweep.metrics")
-    if metrics is not None:
-        metrics.clear_model_cache()
+    # Imported here: a process that never scored (the report alone) need not import the metric stack.
+    from dreambooth_sweep.metrics.backbones import clear_model_cache
+
+    clear_model_cache()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,9 +1,10 @@
 """``dreambooth-sweep`` helper commands (training itself is ``python -m dreambooth_sweep.train``).
 
-dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
+dreambooth-sweep make-tiny-model DIR [--kind KIND]           random-weight model (sd clip dino dinov2 siglip)
 dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
 dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
+dreambooth-sweep score --generated DIR [--real DIR]           rescore a folder of samples (DINO, CLIP-I, CLIP-T, ...)
 """
 
 from __future__ import annotations
@@ -12,26 +13,39 @@ import argparse
 import sys
 from pathlib import Path
 
+from dreambooth_sweep import tiny
+
 __all__ = ["main"]
+
+# The kinds make-tiny-model writes (kept in step with tiny.ensure_tiny's builders).
+_TINY_KINDS = {
+    "sd": tiny.build_tiny_sd,
+    "clip": tiny.build_tiny_clip,
+    "dino": tiny.build_tiny_dino,
+    "dinov2": tiny.build_tiny_dinov2,
+    "siglip": tiny.build_tiny_siglip,
+}
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from dreambooth_sweep import tiny
-
-    builders = {"sd": tiny.build_tiny_sd, "clip": tiny.build_tiny_clip, "dino": tiny.build_tiny_dino}
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()):
         print(f"error: {out} is not empty: choose a new folder", file=sys.stderr)
         return 2
-    builders[args.kind](out, seed=args.seed)
+    _TINY_KINDS[args.kind](out, seed=args.seed)
     loader = {
         "sd": "StableDiffusionPipeline.from_pretrained",
         "clip": "CLIPModel.from_pretrained",
         "dino": "ViTModel.from_pretrained",
+        "dinov2": "Dinov2Model.from_pretrained",
+        "siglip": "SiglipModel.from_pretrained",
     }[args.kind]
     print(f"wrote a tiny random {args.kind} model to {out} (load it with {loader}({str(out)!r}))")
     if args.kind == "sd":
         print(f"train on it: python -m dreambooth_sweep.train model=tiny model.pretrained={out} eval=tiny")
+    elif args.kind in ("dinov2", "siglip"):
+        key = "eval.dino_model" if args.kind == "dinov2" else "eval.clip_model"
+        print(f"score with it: python -m dreambooth_sweep.train model=tiny eval=tiny {key}={out}")
     return 0
 
 
@@ -73,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight model (offline)")
     p.add_argument("dir")
-    p.add_argument("--kind", choices=["sd", "clip", "dino"], default="sd")
+    p.add_argument("--kind", choices=list(_TINY_KINDS), default="sd")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_tiny_model)
 
@@ -92,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     from dreambooth_sweep.report import add_cli as add_report_cli
 
     add_report_cli(sub)  # dreambooth-sweep report SWEEP_DIR | --storage URL --study NAME | RUN_ID
+
+    from dreambooth_sweep.metrics.cli import add_cli as add_score_cli
+
+    add_score_cli(sub)  # dreambooth-sweep score --generated DIR [--real DIR]
     return parser
 
 

@@ -18,6 +18,7 @@ from dreambooth_sweep.errors import ConfigError
 
 __all__ = [
     "ConfigError",
+    "DINO_PREPROCESS",
     "DataConfig",
     "EvalConfig",
     "MethodConfig",
@@ -37,6 +38,8 @@ METHODS = ("dreambooth", "lora", "textual_inversion", "ti_dreambooth")
 TI_PHASE2 = ("full", "lora")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
+# eval.dino_preprocess: DINO's evaluation transform or the checkpoint's preprocessor_config.json.
+DINO_PREPROCESS = ("dino_eval", "model_config")
 EVAL_SCHEDULERS = ("ddim", "pndm", "lms", "dpm++", "euler", "euler_a", "unipc", "ddpm")
 LR_SCHEDULERS = (
     "constant",
@@ -171,6 +174,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["dino", "clip_i", "clip_t", "pres", "div", "mem"])
     clip_model: str = "openai/clip-vit-base-patch32"  # hub id, local dir, or "tiny"
     dino_model: str = "facebook/dino-vits16"  # hub id, local dir, or "tiny"
+    dino_preprocess: str = "dino_eval"  # dino_eval | model_config (the checkpoint's preprocessor_config.json)
     class_prompt_images: int = 4  # images of the plain class prompt for PRES
     reuse_base_samples: bool = True  # trials in one process sample the (same) step-0 base model once
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -336,6 +340,11 @@ def validate(cfg: DictConfig | Any) -> None:
             _fail(f"prior.loss_weight={p.loss_weight} cannot be negative", "use e.g. 1.0")
     if cfg.eval.scheduler not in EVAL_SCHEDULERS:
         _fail(f"unknown eval.scheduler={cfg.eval.scheduler!r}", f"choose one of {', '.join(EVAL_SCHEDULERS)}")
+    if cfg.eval.get("dino_preprocess", "dino_eval") not in DINO_PREPROCESS:
+        _fail(
+            f"unknown eval.dino_preprocess={cfg.eval.dino_preprocess!r}",
+            f"choose one of {', '.join(DINO_PREPROCESS)}",
+        )
     if cfg.eval.enabled and cfg.eval.every_n_steps <= 0:
         _fail(f"eval.every_n_steps={cfg.eval.every_n_steps} must be positive", "or set eval.enabled=false")
 

@@ -14,7 +14,8 @@ last step. Each call
    scored on that subset, so the curve and the best step compare like with like, and ``eval_all/*``
    (every prompt: the DreamBench protocol) is added at step 0 and at the end;
 3. writes ``samples/step_XXXXXX.png`` (grid) and ``samples/step_XXXXXX/`` (each image, ``prompts.json``,
-   ``class/``), which ``python -m dreambooth_sweep.metrics --generated DIR`` can rescore.
+   ``class/``, ``scoring.json``), which ``dreambooth-sweep score --generated DIR`` rescores to the
+   logged numbers.
 
 Eval-only mode scores saved weights (a trained model folder, a LoRA file or a textual-inversion
 embedding) without training::
@@ -47,7 +48,8 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
-from dreambooth_sweep.metrics import MetricSuite
+from dreambooth_sweep.images import open_image
+from dreambooth_sweep.metrics import MetricSuite, scoring_record, write_scoring_record
 from dreambooth_sweep.models import Components, build_pipeline
 from dreambooth_sweep.objective import sweet_spot_score
 from dreambooth_sweep.prompts import eval_prompts, subset_indices
@@ -130,7 +132,7 @@ class EvalResult:
     metrics: dict[str, float]  # eval/* (fixed subset, eval/score included); eval_all/* at step 0 and the end
     grid: Image.Image
     grid_path: Path
-    sample_dir: Path  # the individual images, prompts.json and class/
+    sample_dir: Path  # the individual images, prompts.json, scoring.json and class/
     prompts: list[str]
 
 
@@ -166,6 +168,13 @@ class Evaluator:
         self.instance_images = list(instance_images)
         self.sample_root = Path(output_dir) / "samples"
         self.suite = MetricSuite(cfg.eval, self.instance_images, cache_dir=cache_dir, device=device)
+        # eval.objective names paper metrics (eval/dino); with another backbone they follow its names.
+        self.objective = self.suite.objective(cfg.eval.objective)
+        self.scoring = {  # samples/*/scoring.json: how to rescore a folder to the logged numbers
+            "identifier": self.identifier,
+            "real_dir": cfg.data.instance_dir,
+            "real_max_images": cfg.data.get("max_images"),
+        }
         # Step-0 images per prompt index (and its class images): the baseline of every later subset.
         self._base_images: dict[int, list[Image.Image]] | None = None
         self._base_class: list[Image.Image] = []
@@ -233,9 +242,7 @@ class Evaluator:
         key = tuple(indices)
         if base:  # step 0 is its own baseline
             self._baselines[key] = dict(metrics)
-        metrics["eval/score"] = sweet_spot_score(
-            metrics, self._baseline(key, metrics), self.eval_cfg.objective
-        )
+        metrics["eval/score"] = sweet_spot_score(metrics, self._baseline(key, metrics), self.objective)
         return metrics
 
     # -- generation
@@ -347,11 +354,11 @@ class Evaluator:
             files = [folder / _sample_name(i, seed) for seed in self.seeds]
             if not all(names.get(f.name) == prompt and f.exists() for f in files):
                 return  # other prompts or seeds than this run's: no usable baseline
-            found[i] = [Image.open(f).convert("RGB") for f in files]
+            found[i] = [open_image(f) for f in files]
         class_files = [folder / "class" / f"{seed}.png" for seed in range(self.num_class)]
         if not all(f.exists() for f in class_files):
             return
-        self._base_class = [Image.open(f).convert("RGB") for f in class_files]
+        self._base_class = [open_image(f) for f in class_files]
         self._base_images = found
         log.info("baseline: step-0 samples read back from %s", folder)
 
@@ -374,6 +381,8 @@ class Evaluator:
                 image.save(folder / "class" / f"{seed}.png")
             class_names = {f"{seed}.png": self.class_prompt for seed in range(len(class_images))}
             (folder / "class" / "prompts.json").write_text(json.dumps(class_names, indent=2))
+        class_dir = "class" if class_images else None
+        write_scoring_record(folder, scoring_record(self.suite, **self.scoring, class_dir=class_dir))
         return folder
 
     def _title(self, ctx: EvalContext) -> str:

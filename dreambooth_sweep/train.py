@@ -388,6 +388,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             from dreambooth_sweep.evaluate import Evaluator
 
             eval_hook = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
+        if getattr(eval_hook, "suite", None) is not None:
+            # How every eval/* number is scored (backbones, preprocessing, CLIP-T rule), beside the config.
+            tracker.log_params({"scoring": eval_hook.suite.protocol()})
         last_metrics: dict[str, float] = {}
 
         def evaluate(step: int, final: bool) -> None:

@@ -34,8 +34,8 @@ from dreambooth_sweep.evaluate import (
     make_grid,
 )
 from dreambooth_sweep.metrics import main as metrics_main
-from dreambooth_sweep.metrics import sweet_spot_score
 from dreambooth_sweep.models import SCHEDULERS, Components, load_components
+from dreambooth_sweep.objective import sweet_spot_score
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = "eval.custom_prompts=['a {V} {C} on the moon','a red {V} {C}','a {V} {C} in the snow','a wet {V} {C}','a {C}']"
@@ -165,11 +165,11 @@ def test_prompt_sets_per_step_files_and_step0_score(eval_cfg, components, tmp_pa
         "03_7.png",
     ]
     assert not any(k.startswith("eval_all/") for k in mid.metrics)
-    # The saved folder rescores to the same numbers with the metrics command line.
-    argv = ["--generated", str(mid.sample_dir), "--real", str(cfg.data.instance_dir), "--class-images"]
-    argv += [str(mid.sample_dir / "class"), "--clip-model", "tiny", "--dino-model", "tiny"]
-    assert metrics_main([*argv, "--cache-dir", str(cfg.paths.cache_dir), "--identifier", "sks"]) == 0
+    # The saved folder rescores to the same numbers with the metrics command line: its scoring.json
+    # names the photos, class images, identifier, backbones and protocol (--cache-dir: where "tiny" is).
+    assert metrics_main(["--generated", str(mid.sample_dir), "--cache-dir", str(cfg.paths.cache_dir)]) == 0
     rescored = json.loads(capsys.readouterr().out)
+    assert set(rescored) == set(mid.metrics) - {"eval/score", "eval/seconds"}
     assert rescored == pytest.approx({k: mid.metrics[k] for k in rescored}, abs=1e-5)
     assert mid.metrics["eval/dino"] == pytest.approx(
         base.metrics["eval/dino"], abs=1e-3
