@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from dreambooth_sweep import train as train_mod
@@ -221,16 +222,7 @@ def _cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_bad_input_exits_non_zero_with_one_line(
     tmp_path: Path, cache_dir: Path, demo_dir: Path, overrides, needle
 ) -> None:
-    base = [
-        "model=tiny",
-        "eval=tiny",
-        "tracking=none",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={cache_dir}",
-        f"data.instance_dir={demo_dir}",
-        "train.max_steps=1",
-    ]
-    proc = _cli(*base, *overrides, cwd=tmp_path)
+    proc = _cli(*tiny_overrides(tmp_path, cache_dir, demo_dir, *overrides, steps=1), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0]
