@@ -359,7 +359,13 @@ def validate(cfg: DictConfig | Any) -> None:
     if not str(d.identifier).strip():
         _fail("data.identifier is empty", "set a rare word, e.g. data.identifier=sks")
     if p.enabled:
-        if not p.class_prompt:
+        if not str(d.class_noun or "").strip():
+            # prior/on builds the class prompt from it: "a photo of " would be trained on and cached
+            _fail(
+                "prior preservation is on but data.class_noun is empty",
+                "name what the subject is, e.g. data.class_noun=dog (it also forms prior.class_prompt)",
+            )
+        if not str(p.class_prompt or "").strip():
             _fail(
                 "prior preservation is on but prior.class_prompt is empty",
                 "set prior.class_prompt='a photo of dog'",

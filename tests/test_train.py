@@ -226,3 +226,18 @@ def test_cli_bad_input_exits_non_zero_with_one_line(
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0]
+
+
+def test_a_run_failing_after_compose_writes_its_error_into_train_log(
+    tmp_path: Path, cache_dir: Path, demo_dir: Path
+) -> None:
+    """The run folder of a failed run says why: the one error line is in its train.log too (once on the console)."""
+    missing = tmp_path / "no_photos_here"
+    proc = _cli(
+        *tiny_overrides(tmp_path, cache_dir, demo_dir, f"data.instance_dir={missing}", steps=1), cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no_photos_here" not in proc.stdout  # not repeated by Hydra's console handler
+    [log] = (tmp_path / "outputs" / "runs").glob("*/train.log")
+    assert line in log.read_text()
