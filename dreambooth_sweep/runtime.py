@@ -125,9 +125,16 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
-        return task(cfg)
+        try:
+            return task(cfg)
+        except MissingMandatoryValue as exc:  # a required value (??? in its YAML) nobody gave
+            key = exc.full_key
+            raise ConfigError(
+                f"{key} has no value: set it, e.g. {key}=<value> (`--cfg job` prints every key)"
+            ) from exc
     except ConfigError as exc:
         _log_to_files(logging.ERROR, f"error: {exc}")
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -217,6 +217,7 @@ def _cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         (["prior=on", "prior.class_prompt=null"], "class_prompt"),
         (["train.lr=0"], "train.lr"),
         (["eval.scheduler=warp"], "scheduler"),
+        (["data=subject", "data.instance_dir=???"], "data.instance_dir has no value"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_one_line(
