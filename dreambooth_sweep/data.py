@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +30,8 @@ from PIL import Image, ImageOps
 from dreambooth_sweep.config import ConfigError
 from dreambooth_sweep.files import file_lock
 from dreambooth_sweep.images import IMAGE_SUFFIXES, open_image, unreadable_reason
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -273,6 +277,14 @@ def _class_image_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def ensure_class_images(
     folder: str | os.PathLike[str],
     count: int,
@@ -281,6 +293,7 @@ def ensure_class_images(
     batch_size: int = 4,
     progress: bool = True,
     metadata: dict | None = None,
+    source: str = "the base model",
 ) -> list[Path]:
     """Make sure ``folder`` holds class images ``00000.png`` … for indices ``0..count-1``.
 
@@ -291,6 +304,7 @@ def ensure_class_images(
         batch_size: indices per ``generate`` call.
         progress: show a progress bar while generating.
         metadata: written to ``cache.json`` beside the images (what the set was made from).
+        source: the model generating them, named in the progress message.
 
     Returns:
         The paths of the ``count`` images. Only missing indices are generated, under a file lock, and
@@ -310,6 +324,7 @@ def ensure_class_images(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not progress)
+        started = time.perf_counter()
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             for index, image in zip(chunk, generate(chunk), strict=True):
@@ -317,5 +332,13 @@ def ensure_class_images(
                 image.save(tmp, format="PNG")
                 os.replace(tmp, paths[index])
             bar.update(len(chunk))
+            if start == 0:  # the first batch gives the rate (it includes loading the sampling pipeline)
+                total = (time.perf_counter() - started) / len(chunk) * len(missing)
+                log.info(
+                    "generating %d class images with %s (~%s in all; prior.num_class_images sets the count)",
+                    len(missing),
+                    source,
+                    _duration(total),
+                )
         bar.close()
     return paths

@@ -44,7 +44,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
@@ -83,18 +83,17 @@ MAX_REF_ROWS = 2
 
 @dataclass
 class WeightsConfig:
-    """Trained weights to evaluate in eval-only mode; all empty evaluates the base model alone."""
+    """``weights`` in ``conf/evaluate.yaml``: trained weights to score; all null scores the base model."""
 
-    model_dir: str | None = None  # diffusers folder with unet/ [text_encoder/ tokenizer/]: <run>/model
-    lora: str | None = None  # LoRA file (pytorch_lora_weights.safetensors) or the folder holding it
-    embedding: str | None = None  # textual-inversion embedding file (learned_embeds.safetensors / .bin)
-    token: str | None = None  # token of the embedding; null: the one stored in the file
+    model_dir: str | None = MISSING
+    lora: str | None = MISSING
+    embedding: str | None = MISSING
+    token: str | None = MISSING
 
 
 @dataclass
 class EvaluateConfig(RunConfig):
     weights: WeightsConfig = field(default_factory=WeightsConfig)
-    task_name: str = "evaluate"
 
 
 def _register() -> None:

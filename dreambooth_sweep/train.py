@@ -230,7 +230,12 @@ def prepare_class_images(
     }
     with untouched_training_state(comps.unet, comps.text_encoder, comps.vae):
         paths = data_lib.ensure_class_images(
-            folder, p.num_class_images, generate, batch_size=p.gen_batch_size, metadata=metadata
+            folder,
+            p.num_class_images,
+            generate,
+            batch_size=p.gen_batch_size,
+            metadata=metadata,
+            source=cfg.model.name,
         )
     if pipe is not None:  # sampling's scratch memory goes back before training allocates its own
         pipe = None

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from PIL import Image
 
 from dreambooth_sweep import data
@@ -164,6 +168,32 @@ def test_class_image_cache_generates_only_missing_indices(tmp_path: Path) -> Non
     assert not list(folder.glob(".*.tmp"))
     other = data.class_cache_dir(tmp_path, "m", "a photo of cat", 64, 0, {})
     assert other != folder and data.class_cache_dir(tmp_path, "m", "a photo of dog", 64, 1, {}) != folder
+
+
+def test_class_image_generation_says_how_many_with_what_and_how_long(tmp_path: Path, caplog) -> None:
+    """A long generation is announced after its first batch: count, model and an estimate."""
+
+    def generate(indices: list[int]) -> list[Image.Image]:
+        time.sleep(0.05 * len(indices))
+        return [Image.new("RGB", (8, 8)) for _ in indices]
+
+    folder = tmp_path / "class"
+    with caplog.at_level(logging.INFO, logger="dreambooth_sweep.data"):
+        data.ensure_class_images(folder, 6, generate, batch_size=2, progress=False, source="tiny")
+    [message] = [r.getMessage() for r in caplog.records if "class images" in r.getMessage()]
+    assert re.fullmatch(
+        r"generating 6 class images with tiny \(~\d+ s in all; .*num_class_images.*\)", message
+    )
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dreambooth_sweep.data"):
+        data.ensure_class_images(folder, 6, generate, progress=False, source="tiny")
+    assert not caplog.records  # nothing to generate, nothing announced
+
+
+@pytest.mark.parametrize("model", ["tiny", "sd15"])
+def test_cpu_smoke_with_prior_generates_few_class_images(model: str) -> None:
+    cfg = compose_config([f"model={model}", "prior=on", "smoke=cpu"])
+    assert cfg.prior.num_class_images <= 8 and cfg.prior.gen_num_inference_steps <= 8
 
 
 def test_demo_subject_is_generated_only_into_its_own_folder(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, tiny_overrides
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -54,12 +54,7 @@ def eval_cfg(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> Callable[..., D
 
     def _make(*overrides: str) -> DictConfig:
         base = [
-            "model=tiny",
-            "eval=tiny",
-            f"paths.root_dir={tmp_path}",
-            f"paths.cache_dir={cache_dir}",
-            f"paths.output_dir={tmp_path / 'run'}",
-            f"data.instance_dir={demo_dir}",
+            *tiny_overrides(tmp_path, cache_dir, demo_dir, evaluate=True, output_dir=tmp_path / "run"),
             "eval.prompts=custom",
             PROMPTS,
             "eval.num_inference_steps=2",
@@ -326,8 +321,7 @@ def test_eval_only_cli_two_schedulers(tmp_path: Path, cache_dir: Path, demo_dir:
     """``python -m dreambooth_sweep.evaluate -m eval.scheduler=ddim,dpm++``: one job per sampler."""
     cmd = [
         sys.executable, "-m", "dreambooth_sweep.evaluate", "-m",
-        "model=tiny", "eval=tiny", "tracking=none",
-        f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"data.instance_dir={demo_dir}",
+        *tiny_overrides(tmp_path, cache_dir, demo_dir, evaluate=True),
         "eval.prompts=custom", PROMPTS, "eval.num_inference_steps=2", "eval.scheduler=ddim,dpm++",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

@@ -12,7 +12,7 @@ import torch
 from metric_images import ATOL, noise, pattern, tiny_folder
 
 from dreambooth_sweep import metrics as M
-from dreambooth_sweep.config import ConfigError, EvalConfig, ObjectiveConfig
+from dreambooth_sweep.config import ConfigError, load_config
 
 
 def _config(metrics=M.METRICS, dino="tiny", clip="tiny", preprocess="dino_eval") -> SimpleNamespace:
@@ -46,7 +46,9 @@ def test_similarity_helpers() -> None:
 
 def test_suite_computes_every_metric_from_its_definition(cache_dir: Path) -> None:
     real = [pattern(10), pattern(11), pattern(12)]
-    config = EvalConfig(clip_model="tiny", dino_model="tiny")  # the real schema, all six metrics
+    config = load_config(
+        ["eval.clip_model=tiny", "eval.dino_model=tiny"]
+    ).eval  # the real YAML, all six metrics
     suite = M.MetricSuite(config, real, cache_dir=cache_dir)
     assert suite.dino is M.load_encoder("dino", "tiny", preprocess="dino_eval", cache_dir=cache_dir)
     samples = {"a sks dog in the jungle": [noise(1), noise(2)], "a red sks dog": [pattern(10), noise(3)]}
@@ -177,10 +179,11 @@ def test_names_and_objective_follow_the_backbone(cache_dir: Path) -> None:
         "eval/clip_i_siglip_w32p8_32",
         "eval/clip_t_siglip_w32p8_32",
     }
-    objective = suite.objective(ObjectiveConfig())  # eval/dino, eval/clip_t: the paper's names
+    paper = load_config().eval.objective  # eval/dino, eval/clip_t: the paper's names
+    objective = suite.objective(paper)
     assert (objective.metric, objective.prompt_metric) == ("eval/dinov2_w32p8", "eval/clip_t_siglip_w32p8_32")
     assert M.sweet_spot_score(out, out, objective) == pytest.approx(out["eval/dinov2_w32p8"])
-    explicit = suite.objective(ObjectiveConfig(metric="eval/clip_i_siglip_w32p8_32"))
+    explicit = suite.objective(SimpleNamespace(**{**paper, "metric": "eval/clip_i_siglip_w32p8_32"}))
     assert explicit.metric == "eval/clip_i_siglip_w32p8_32"
     protocol = suite.protocol()
     assert protocol["dino"]["family"] == "dinov2" and protocol["dino"]["preprocess"] == "dino_eval"

@@ -87,9 +87,9 @@ def test_given_parent_run_id_is_used(root, tmp_path, client) -> None:
 def test_parallel_workers_create_one_parent(root, client) -> None:
     """Processes starting together find-or-create the same parent (file lock in paths.log_dir)."""
     code = (
-        "import sys; from omegaconf import OmegaConf; from dreambooth_sweep.config import RunConfig;"
+        "import sys; from omegaconf import OmegaConf; from dreambooth_sweep.config import load_config;"
         "from dreambooth_sweep.tracking import ensure_parent_run;"
-        "cfg = OmegaConf.structured(RunConfig); cfg.paths.log_dir = sys.argv[1]; cfg.sweep.study_name = 'race';"
+        "cfg = load_config(); cfg.paths.log_dir = sys.argv[1]; cfg.sweep.study_name = 'race';"
         "print(ensure_parent_run(cfg))"
     )
     log_dir = str(root / "outputs")

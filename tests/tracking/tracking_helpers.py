@@ -18,7 +18,7 @@ import requests
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from dreambooth_sweep.config import RunConfig
+from dreambooth_sweep.config import load_config
 from dreambooth_sweep.tracking import default_uri
 from dreambooth_sweep.tracking.tags import ROLE_PARENT, TAG_PARENT, TAG_ROLE
 
@@ -28,7 +28,7 @@ PY = sys.executable
 
 def run_cfg(root: Path, out: Path, experiment: str, **dotlist: object) -> DictConfig:
     """The run config as the app composes it, shrunk; all paths in tmp."""
-    cfg = OmegaConf.structured(RunConfig)
+    cfg = load_config()
     cfg.model.name = "tiny"
     cfg.model.pretrained = "tiny"
     cfg.data.instance_dir = str(root / "data" / "dog")
