@@ -16,6 +16,9 @@ last step. Each call
 3. writes ``samples/step_XXXXXX.png`` (grid) and ``samples/step_XXXXXX/`` (each image, ``prompts.json``,
    ``class/``), which ``python -m dreambooth_sweep.metrics --generated DIR`` can rescore.
 
+``checkpoints.dir=DIR`` scores every checkpoint in a folder instead, any trainer's
+(:mod:`dreambooth_sweep.checkpoints`; ``dreambooth-sweep score-checkpoints DIR``).
+
 Eval-only mode scores saved weights (a trained model folder, a LoRA file or a textual-inversion
 embedding) without training::
 
@@ -46,6 +49,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_sweep.checkpoints.config import CheckpointsConfig, ScoringEvalConfig
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
 from dreambooth_sweep.metrics import MetricSuite
 from dreambooth_sweep.models import Components, build_pipeline
@@ -90,6 +94,8 @@ class WeightsConfig:
 @dataclass
 class EvaluateConfig(RunConfig):
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)  # a folder of checkpoints
+    eval: ScoringEvalConfig = field(default_factory=ScoringEvalConfig)  # + eval.lora_scales
     task_name: str = "evaluate"
 
 
@@ -520,6 +526,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dreambooth_sweep.data import load_instance_images
     from dreambooth_sweep.models import load_components
 
+    if cfg.get("checkpoints") is not None and cfg.checkpoints.dir:
+        if _has_weights(cfg.weights):
+            raise ConfigError(
+                "checkpoints.dir and weights.* are both set: score a folder or one set of weights"
+            )
+        from dreambooth_sweep.checkpoints.score import run_scoring
+
+        return run_scoring(cfg)
     validate(cfg)
     cfg = copy.deepcopy(cfg)
     cfg.eval.num_prompts = None  # one final-style evaluation: eval/* over every prompt
