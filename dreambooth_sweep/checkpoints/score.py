@@ -215,8 +215,8 @@ class _Scorer:
         job.tracker.log_metrics(metrics, step=step)
         if result is not None and getattr(result, "grid", None) is not None:
             job.tracker.log_image(result.grid, key="samples", step=step)
-        if ckpt is not None:
-            job.files[step] = str(ckpt.path)
+        if ckpt is not None:  # the file to load (a folder's LoRA / embedding file, else the folder)
+            job.files[step] = str(ckpt.parts.get("lora") or ckpt.parts.get("embedding") or ckpt.path)
 
     def score(self, ckpt: Checkpoint, final: bool, many: bool, bar: Any) -> None:
         from dreambooth_sweep.evaluate import EvalContext
@@ -353,7 +353,7 @@ def _score_all(scorer: _Scorer, found: Discovery, many: bool, bar: Any, *, watch
             if scorer.scored.get(ckpt.path) == ckpt.signature:
                 continue
             scorer.applier.check_fit(ckpt)
-            scorer.kinds[str(ckpt.path)] = ckpt.kind
+            scorer.kinds[str(ckpt.parts.get("lora") or ckpt.parts.get("embedding") or ckpt.path)] = ckpt.kind
             final = ckpt.final if watch else index == len(members) - 1
             log.info("%s: step %s (%s, %s)", ckpt.label, ckpt.step, ckpt.format, ckpt.step_source)
             scorer.score(ckpt, final, many, bar)
