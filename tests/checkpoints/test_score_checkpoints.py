@@ -14,6 +14,7 @@ import pytest
 from handmade_checkpoints import ai_toolkit_metadata, fake_kohya, kohya_lora, kohya_metadata
 from PIL import Image
 
+import dreambooth_sweep.evaluate  # noqa: F401  (registers evaluate_schema for compose)
 from dreambooth_sweep.errors import ConfigError
 
 PROMPTS = [
