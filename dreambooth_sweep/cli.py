@@ -5,6 +5,7 @@ dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo
 dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
 dreambooth-sweep score --generated DIR [--real DIR]           rescore a folder of samples (DINO, CLIP-I, CLIP-T, ...)
+dreambooth-sweep score-checkpoints DIR [--watch] [overrides]   score any trainer's checkpoints (kohya, diffusers, ...)
 """
 
 from __future__ import annotations
@@ -79,6 +80,25 @@ def _wait_for_url(args: argparse.Namespace) -> int:
     return 1
 
 
+def _score_checkpoints(args: argparse.Namespace) -> int:
+    """``python -m dreambooth_sweep.evaluate checkpoints.dir=DIR [checkpoints.watch=true] OVERRIDES`` in-process."""
+    from dreambooth_sweep.evaluate import main as task
+    from dreambooth_sweep.runtime import run_hydra_entry
+
+    overrides = [f"checkpoints.dir={Path(args.dir).expanduser().resolve()}", *args.overrides]
+    if args.watch:
+        overrides.append("checkpoints.watch=true")
+    argv = sys.argv
+    sys.argv = ["dreambooth_sweep.evaluate", *overrides]
+    try:
+        run_hydra_entry(task, "dreambooth_sweep.evaluate")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_wait_for_url)
+
+    p = sub.add_parser(
+        "score-checkpoints",
+        help="score a folder of checkpoints (kohya, ai-toolkit, OneTrainer, SimpleTuner, diffusers, ours)",
+        description="Score every checkpoint in DIR with the training evaluator and find the sweet spot; the "
+        "overrides are those of python -m dreambooth_sweep.evaluate (model=, data.instance_dir=, "
+        "data.class_noun=, data.identifier=, eval.lora_scales=[0.6,0.8,1.0], ...).",
+    )
+    p.add_argument("dir", help="the folder the trainer saved into (one subfolder per run works too)")
+    p.add_argument("--watch", action="store_true", help="keep scoring new checkpoints as they are written")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sd15 data.class_noun=dog")
+    p.set_defaults(func=_score_checkpoints)
 
     from dreambooth_sweep.report import add_cli as add_report_cli
 

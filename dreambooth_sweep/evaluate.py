@@ -17,6 +17,9 @@ last step. Each call
    ``class/``, ``scoring.json``), which ``dreambooth-sweep score --generated DIR`` rescores to the
    logged numbers.
 
+``checkpoints.dir=DIR`` scores every checkpoint in a folder instead, any trainer's
+(:mod:`dreambooth_sweep.checkpoints`; ``dreambooth-sweep score-checkpoints DIR``).
+
 Eval-only mode scores saved weights (a trained model folder, a LoRA file or a textual-inversion
 embedding) without training::
 
@@ -47,6 +50,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_sweep.checkpoints.config import CheckpointsConfig, ScoringEvalConfig
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
 from dreambooth_sweep.images import open_image
 from dreambooth_sweep.metrics import MetricSuite, scoring_record, write_scoring_record
@@ -94,6 +98,8 @@ class WeightsConfig:
 @dataclass
 class EvaluateConfig(RunConfig):
     weights: WeightsConfig = field(default_factory=WeightsConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)  # a folder of checkpoints
+    eval: ScoringEvalConfig = field(default_factory=ScoringEvalConfig)  # + eval.lora_scales
 
 
 def _register() -> None:
@@ -549,6 +555,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dreambooth_sweep.data import load_instance_images
     from dreambooth_sweep.models import load_components
 
+    if cfg.get("checkpoints") is not None and cfg.checkpoints.dir:
+        if _has_weights(cfg.weights):
+            raise ConfigError(
+                "checkpoints.dir and weights.* are both set: score a folder or one set of weights"
+            )
+        from dreambooth_sweep.checkpoints.score import run_scoring
+
+        return run_scoring(cfg)
     validate(cfg)
     cfg = copy.deepcopy(cfg)
     cfg.eval.num_prompts = None  # one final-style evaluation: eval/* over every prompt

@@ -537,6 +537,16 @@ class Method:
             text = ph.part.prompt(text)
         return text
 
+    def save_checkpoint_files(self, folder: Path, unet: Any, text_encoder: Any) -> list[str]:
+        """The small weight files (LoRA, embedding) into a training checkpoint, as diffusers' scripts do,
+        so any checkpoint loads with ``load_lora_weights`` / ``load_textual_inversion`` (and
+        ``score-checkpoints`` scores it); full weights are in the training state already."""
+        files: list[str] = []
+        for ph in self.phases:
+            if not isinstance(ph.part, FullWeights):
+                files += ph.part.save(folder, self.comps, unet, text_encoder)
+        return files
+
     def save(self, folder: Path, unet: Any, text_encoder: Any) -> list[str]:
         """Every part's final weights into ``folder``; returns the small weight files (tracked always)."""
         folder.mkdir(parents=True, exist_ok=True)

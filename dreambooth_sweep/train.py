@@ -590,6 +590,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             noise_gen,
                             t.checkpoints_total_limit,
                             method.text_encoder_active,
+                            weights=lambda folder: method.save_checkpoint_files(
+                                folder, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+                            ),
                         )
                 is_last = global_step >= t.max_steps
                 if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
@@ -663,9 +666,16 @@ def _ema_weights(ema: Any, unet: torch.nn.Module) -> Iterator[None]:
 
 
 def _save_checkpoint(
-    accelerator: Any, out: Path, step: int, noise_gen: torch.Generator, limit: int | None, te_active: bool
+    accelerator: Any,
+    out: Path,
+    step: int,
+    noise_gen: torch.Generator,
+    limit: int | None,
+    te_active: bool,
+    weights: Callable[[Path], Any] | None = None,
 ) -> None:
-    """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically."""
+    """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically, with the
+    method's own weight files (``weights(folder)``: LoRA, embedding) beside it."""
     root = out / "checkpoints"
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
@@ -679,6 +689,8 @@ def _save_checkpoint(
             (tmp / "trainer_state.json").write_text(
                 json.dumps({"global_step": step, "text_encoder_active": te_active})
             )
+            if weights is not None:
+                weights(tmp)
     accelerator.wait_for_everyone()  # all of it is in tmp before it becomes the checkpoint
     if accelerator.is_main_process:
         atomic_replace_dir(tmp, final)
