@@ -18,7 +18,6 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Container, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +140,6 @@ def preprocess(
 
 
 View = tuple[int, int, bool]  # (0 instance | 1 class, image index, flipped): what a center crop can show
-
-
-@dataclass
-class Example:
-    pixel_values: torch.Tensor
-    input_ids: torch.Tensor
 
 
 class DreamBoothDataset(torch.utils.data.Dataset):
