@@ -75,6 +75,8 @@ class MethodConfig:
     num_vectors: int = 1  # embedding vectors of the new token: <tok>, <tok>_1, ... (prompts just say <tok>)
     initializer_token: str | None = None  # one-token word the new vectors start from; null: data.class_noun
     ti_lr: float = 5e-4  # embedding learning rate (train.lr is the UNet's)
+    # method=textual_inversion: none (data.instance_prompt) | object | style (a template drawn per example)
+    ti_templates: str = "none"
     # TI → DreamBooth (method=ti_dreambooth): train.max_steps = ti_steps + DreamBooth steps
     ti_steps: int = 0  # textual-inversion steps before DreamBooth starts
     phase2: str = "full"  # full (every UNet weight) | lora
@@ -90,8 +92,17 @@ class DataConfig:
     resolution: int = "${model.resolution}"  # type: ignore[assignment]  # square training size in px
     center_crop: bool = True  # center crop (deterministic) or random crop
     random_flip: bool = False  # horizontal flip augmentation
-    max_images: int | None = None  # use only the first N images (sorted by name): dataset-size studies
+    max_images: int | None = None  # use only the first N images (sorted by path): dataset-size studies
     generate_demo: bool = False  # write the synthetic demo subject into instance_dir when it is missing
+    instance_dirs: list[str] = field(default_factory=list)  # more subject folders, after instance_dir
+    repeats: int = 1  # times each photo appears per epoch (a kohya N_name folder sets its own N)
+    captions: bool = True  # per-image captions (.txt/.caption sidecars, metadata.jsonl) when present
+    insert_identifier: bool = True  # a caption without the identifier gets it (data/captions.py)
+    caption_dropout: float = 0.0  # probability of training an instance example on the empty prompt
+    buckets: bool = False  # aspect-ratio buckets of about resolution² px instead of square crops
+    bucket_step: int = 64  # bucket sides are multiples of this (px)
+    bucket_max_aspect: float = 4.0  # the most elongated bucket (long side / short side)
+    mask_loss_weight: float | None = None  # background loss weight with masks (.mask.png / alpha); null: off
 
 
 @dataclass
@@ -280,6 +291,38 @@ def _validate_method(m: Any, t: Any) -> None:
             )
 
 
+TI_TEMPLATE_SETS = ("none", "object", "style")
+
+
+def _validate_data(d: Any, m: Any) -> None:
+    if d.repeats < 1:
+        _fail(f"data.repeats={d.repeats} must be 1 or more", "use e.g. data.repeats=1")
+    if not 0 <= d.caption_dropout < 1:
+        _fail(f"data.caption_dropout={d.caption_dropout} must be in [0, 1)", "use e.g. 0.1, or 0 to turn off")
+    if d.bucket_step <= 0 or d.bucket_step % 8:
+        _fail(f"data.bucket_step={d.bucket_step} must be a positive multiple of 8", "use 64 (kohya, SDXL)")
+    if d.buckets and d.bucket_step > d.resolution:
+        _fail(
+            f"data.bucket_step={d.bucket_step} is larger than data.resolution={d.resolution}",
+            "use a smaller step, e.g. data.bucket_step=16 for model=tiny",
+        )
+    if not d.bucket_max_aspect >= 1:
+        _fail(f"data.bucket_max_aspect={d.bucket_max_aspect} must be 1 or more", "use e.g. 4.0")
+    if d.mask_loss_weight is not None and not 0 <= d.mask_loss_weight <= 1:
+        _fail(
+            f"data.mask_loss_weight={d.mask_loss_weight} must be in [0, 1]",
+            "use e.g. 0.1 (background weighs a tenth), or null to ignore masks",
+        )
+    templates = m.get("ti_templates", "none")
+    if templates not in TI_TEMPLATE_SETS:
+        _fail(f"unknown method.ti_templates={templates!r}", f"choose one of {', '.join(TI_TEMPLATE_SETS)}")
+    if templates != "none" and m.name != "textual_inversion":
+        _fail(
+            f"method.ti_templates={templates} is for method=textual_inversion, not {m.name}",
+            "set method.ti_templates=none",
+        )
+
+
 def validate(cfg: DictConfig | Any) -> None:
     """Check flag combinations and ranges up front, before anything is loaded or trained."""
     t, p, d = cfg.train, cfg.prior, cfg.data
@@ -322,6 +365,7 @@ def validate(cfg: DictConfig | Any) -> None:
         )
     if d.max_images is not None and d.max_images <= 0:
         _fail(f"data.max_images={d.max_images} must be positive", "use null for all images")
+    _validate_data(d, cfg.method)
     if not str(d.identifier).strip():
         _fail("data.identifier is empty", "set a rare word, e.g. data.identifier=sks")
     if p.enabled:
