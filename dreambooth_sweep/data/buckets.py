@@ -1,9 +1,9 @@
 """Aspect-ratio buckets (``data.buckets=true``): training sizes of about ``resolution²`` pixels.
 
 As kohya sd-scripts, OneTrainer and diffusers' SDXL scripts do, sides step by ``data.bucket_step``
-(64 px: 8 latent pixels of SD's VAE); for each width from the smallest to the largest side allowed
-by ``data.bucket_max_aspect`` the height is the largest step multiple keeping ``width × height`` at
-most ``resolution²``. Every photo goes to the bucket whose aspect ratio is nearest its own (in log
+(64 px: 8 latent pixels of SD's VAE); for each width below the square's side the height is the
+largest step multiple keeping ``width × height`` at most ``resolution²``, while the long side is at
+most ``data.bucket_max_aspect`` times the short one; landscape buckets are their transposes. Every photo goes to the bucket whose aspect ratio is nearest its own (in log
 space, so 2:1 and 1:2 are equally far from square); it is then resized to cover the bucket and
 cropped (:func:`dreambooth_sweep.data.transforms.place`), so a bucket crops far less than a square.
 """
@@ -22,13 +22,12 @@ def make_buckets(resolution: int, step: int = 64, max_aspect: float = 4.0) -> li
     area = resolution * resolution
     side = max(step, resolution // step * step)
     buckets = {(side, side)}
-    width = step
-    while width <= area // step:
+    # Portrait buckets, one per width below the square (the tallest that fits), and their transposes.
+    for width in range(step, side, step):
         height = area // width // step * step
-        if height >= step and max(width / height, height / width) <= max_aspect:
+        if height / width <= max_aspect:
             buckets.add((width, height))
             buckets.add((height, width))
-        width += step
     return sorted(buckets, key=lambda b: (b[0] / b[1], b[0]))
 
 

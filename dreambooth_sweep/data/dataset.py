@@ -193,12 +193,12 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             it.get(f"class_{key}", default) for it in classes
         ]
 
-    pixels = column("pixels")
-    stacked = torch.stack(pixels).float() if all(p is not None for p in pixels) else None
-    masks = column("mask")
     buckets = {it["bucket"] for it in items if "bucket" in it}
     if len(buckets) > 1:
         raise ValueError(f"a batch mixes buckets {sorted(buckets)}: use the bucket batch sampler")
+    pixels = column("pixels")
+    stacked = torch.stack(pixels).float() if all(p is not None for p in pixels) else None
+    masks = column("mask")
     mask_values = None
     if any(m is not None for m in masks):
         shape = next(m for m in masks if m is not None).shape
