@@ -4,6 +4,8 @@ dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model
 dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
 dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
+dreambooth-sweep check-data DIR [DIR ...] [--resolution N] [--buckets] [--sheet PNG]
+                                                              photos checked as training reads them, plus a contact sheet
 """
 
 from __future__ import annotations
@@ -65,6 +67,34 @@ def _wait_for_url(args: argparse.Namespace) -> int:
     return 1
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from dreambooth_sweep.data.check import run_check
+    from dreambooth_sweep.errors import ConfigError
+
+    data_cfg = OmegaConf.create(
+        {
+            "instance_dir": args.dirs[0],
+            "instance_dirs": args.dirs[1:],
+            "identifier": args.identifier,
+            "class_noun": args.class_noun,
+            "resolution": args.resolution,
+            "buckets": args.buckets,
+            "bucket_step": args.bucket_step,
+            "mask_loss_weight": 0.0 if args.masks else None,
+        }
+    )
+    try:
+        _, check = run_check(data_cfg, Path(args.sheet))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(check.table())
+    print(f"contact sheet (what training sees): {args.sheet}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreambooth-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -88,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url")
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=_wait_for_url)
+
+    p = sub.add_parser("check-data", help="check subject photos before training; write a contact sheet")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="data.instance_dir (then data.instance_dirs)")
+    p.add_argument("--resolution", type=int, default=512, help="data.resolution (default 512)")
+    p.add_argument("--buckets", action="store_true", help="as with data.buckets=true")
+    p.add_argument("--bucket-step", type=int, default=64)
+    p.add_argument("--identifier", default="sks", help="data.identifier (captions get it inserted)")
+    p.add_argument("--class-noun", default="", help="data.class_noun")
+    p.add_argument(
+        "--masks", action="store_true", help="read .mask.png / alpha masks (and check their sizes)"
+    )
+    p.add_argument(
+        "--sheet", default="data_check.png", help="where the contact sheet goes (default ./data_check.png)"
+    )
+    p.set_defaults(func=_check_data)
 
     from dreambooth_sweep.report import add_cli as add_report_cli
 

@@ -276,7 +276,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     t, p = cfg.train, cfg.prior
     out = resolve_output_dir(cfg)
     set_cpu_threads(t.num_threads)
-    instances = data_lib.load_instance_set(cfg.data)  # captions, repeats, masks
+    # Captions, repeats, masks; the data check warns (never changes anything) and writes data_check.png.
+    instances = data_lib.check_run_data(cfg.data, out)
     instance_images = [i.image for i in instances]
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
     log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)

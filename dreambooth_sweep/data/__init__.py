@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dreambooth_sweep.data.buckets import Bucket, make_buckets, nearest_bucket
 from dreambooth_sweep.data.captions import TI_TEMPLATES, with_identifier
+from dreambooth_sweep.data.check import DataCheck, check_run_data, run_check
 from dreambooth_sweep.data.class_images import class_cache_dir, ensure_class_images, metadata_path
 from dreambooth_sweep.data.dataset import (
     DreamBoothDataset,
@@ -41,12 +42,14 @@ __all__ = [
     "TI_TEMPLATES",
     "Bucket",
     "BucketBatchSampler",
+    "DataCheck",
     "DreamBoothDataset",
     "EpochBatchSampler",
     "EpochSampler",
     "Instance",
     "View",
     "batch_sampler",
+    "check_run_data",
     "class_cache_dir",
     "collate",
     "dataset_buckets",
@@ -60,6 +63,7 @@ __all__ = [
     "nearest_bucket",
     "place",
     "preprocess",
+    "run_check",
     "ti_templates",
     "with_identifier",
 ]

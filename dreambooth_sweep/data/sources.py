@@ -266,7 +266,8 @@ def load_instance_set(data_cfg: Any) -> list[Instance]:
             f"{', '.join(uncaptioned[:8])}{' ...' if len(uncaptioned) > 8 else ''}",
             stacklevel=2,
         )
-    _warn_small(instances, data_cfg.get("resolution"), folders[0])
+    if not data_cfg.get("buckets", False):  # buckets: data/check.py compares each photo with its bucket
+        _warn_small(instances, data_cfg.get("resolution"), folders[0])
     return instances
 
 

@@ -136,5 +136,6 @@ def test_training_weights_the_background_loss_as_configured(make_cfg, tmp_path: 
             run=f"w{weight}",
         )
         losses[weight] = train(cfg)["train/loss"]
+        assert (Path(cfg.paths.output_dir) / "data_check.png").exists()  # the start-of-run data check
     assert losses["0.0"] == 0.0 and losses["1.0"] > 0
     assert losses["0.25"] == pytest.approx(0.25 * losses["1.0"], rel=1e-6)
