@@ -216,3 +216,24 @@ def test_textual_inversion_templates(make_cfg, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="is for method=textual_inversion, not dreambooth"):
         validate(make_cfg("method.ti_templates=object"))
+
+
+def test_textual_inversion_trains_on_templates(make_cfg, monkeypatch) -> None:
+    from dreambooth_sweep.train import train
+
+    drawn: list[str] = []
+    real = data.DreamBoothDataset.prompt
+    monkeypatch.setattr(
+        data.DreamBoothDataset, "prompt", lambda self, i: drawn.append(real(self, i)) or drawn[-1]
+    )
+    cfg = make_cfg(
+        "method=textual_inversion",
+        "data.identifier='<sks>'",
+        "method.ti_templates=object",
+        "train.batch_size=3",
+        "train.max_steps=2",
+        "train.save_final=false",
+    )
+    assert train(cfg)["final_step"] == 2
+    assert len(drawn) == 6 and set(drawn) <= {t.format("<sks>") for t in data.TI_TEMPLATES["object"]}
+    assert len(set(drawn)) > 1

@@ -199,3 +199,14 @@ def test_images_in_subfolders_are_taken(tmp_path: Path) -> None:
         _save(tmp_path / name, Image.new("RGB", (16, 16)))
     names = [p.relative_to(tmp_path).as_posix() for p, _ in data.load_images(tmp_path)]
     assert names == ["sub/a.png", "sub/c.png", "sub/deeper/b.png", "top.png"]
+
+
+def test_class_image_metadata_stays_out_of_the_image_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my_classes"
+    folder.mkdir()
+    (folder / "cache.json").write_text("{}")  # where earlier versions wrote it
+    generate = lambda idx: [Image.new("RGB", (8, 8)) for _ in idx]  # noqa: E731
+    data.ensure_class_images(folder, 2, generate, progress=False, metadata={"prompt": "a photo of dog"})
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]  # only images
+    assert data.metadata_path(folder) == tmp_path / "my_classes.cache.json"
+    assert '"a photo of dog"' in data.metadata_path(folder).read_text()
