@@ -133,6 +133,7 @@ def test_latents_are_cached_per_bucket_view_with_identical_weights(
     assert all(torch.equal(off_w[k], on_w[k]) for k in off_w)
 
 
+@pytest.mark.slow  # three training runs; the unbucketed resume test runs by default
 def test_resume_mid_epoch_with_buckets_matches_an_uninterrupted_run(make_cfg, mixed_dir: Path) -> None:
     common = (
         *BUCKETS,
