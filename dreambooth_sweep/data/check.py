@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from dreambooth_sweep.data.buckets import make_buckets, nearest_bucket
 from dreambooth_sweep.data.sources import Instance, load_instance_set
 from dreambooth_sweep.data.transforms import place
+from dreambooth_sweep.files import atomic_write
 
 __all__ = ["DataCheck", "check_instances", "check_run_data", "contact_sheet", "dhash", "run_check"]
 
@@ -199,8 +200,9 @@ def run_check(data_cfg: Any, sheet_path: Path | None = None) -> tuple[list[Insta
         instances = load_instance_set(data_cfg)
     check = check_instances(instances, data_cfg)
     check.warnings[:0] = [str(w.message) for w in caught]
-    if sheet_path is not None:
-        contact_sheet(instances, data_cfg, check).save(sheet_path)
+    if sheet_path is not None:  # atomically: every process of a multi-GPU run writes the same sheet
+        with atomic_write(sheet_path) as tmp:
+            contact_sheet(instances, data_cfg, check).save(tmp, format="PNG")
     return instances, check
 
 
