@@ -279,6 +279,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     # Captions, repeats, masks; the data check warns (never changes anything) and writes data_check.png.
     instances = data_lib.check_run_data(cfg.data, out)
     instance_images = [i.image for i in instances]
+    templates = data_lib.ti_templates(cfg, instances)  # method.ti_templates; refused with captions
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
     log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)
 
@@ -338,7 +339,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             random_flip=cfg.data.random_flip,
             seed=t.seed,
             caption_dropout=cfg.data.caption_dropout,
-            templates=data_lib.ti_templates(cfg, instances),
+            templates=templates,
             prompt_fn=method.prompt,  # multi-vector tokens spelled out
             buckets=data_lib.dataset_buckets(cfg.data),
             mask_loss_weight=cfg.data.mask_loss_weight,
