@@ -6,6 +6,8 @@ dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server 
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
 dreambooth-sweep score --generated DIR [--real DIR]           rescore a folder of samples (DINO, CLIP-I, CLIP-T, ...)
 dreambooth-sweep score-checkpoints DIR [--watch] [overrides]   score any trainer's checkpoints (kohya, diffusers, ...)
+dreambooth-sweep check-data DIR [DIR ...] [--resolution N] [--buckets] [--sheet PNG]
+                                                              photos checked as training reads them, plus a contact sheet
 """
 
 from __future__ import annotations
@@ -96,6 +98,33 @@ def _score_checkpoints(args: argparse.Namespace) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = argv
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from dreambooth_sweep.data.check import run_check
+    from dreambooth_sweep.errors import ConfigError
+
+    data_cfg = OmegaConf.create(
+        {
+            "instance_dir": args.dirs[0],
+            "instance_dirs": args.dirs[1:],
+            "identifier": args.identifier,
+            "class_noun": args.class_noun,
+            "resolution": args.resolution,
+            "buckets": args.buckets,
+            "bucket_step": args.bucket_step,
+            "mask_loss_weight": 0.0 if args.masks else None,
+        }
+    )
+    try:
+        _, check = run_check(data_cfg, Path(args.sheet))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(check.table())
+    print(f"contact sheet (what training sees): {args.sheet}")
     return 0
 
 
@@ -134,6 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="keep scoring new checkpoints as they are written")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sd15 data.class_noun=dog")
     p.set_defaults(func=_score_checkpoints)
+    p = sub.add_parser("check-data", help="check subject photos before training; write a contact sheet")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="data.instance_dir (then data.instance_dirs)")
+    p.add_argument("--resolution", type=int, default=512, help="data.resolution (default 512)")
+    p.add_argument("--buckets", action="store_true", help="as with data.buckets=true")
+    p.add_argument("--bucket-step", type=int, default=64)
+    p.add_argument("--identifier", default="sks", help="data.identifier (captions get it inserted)")
+    p.add_argument("--class-noun", default="", help="data.class_noun")
+    p.add_argument(
+        "--masks", action="store_true", help="read .mask.png / alpha masks (and check their sizes)"
+    )
+    p.add_argument(
+        "--sheet", default="data_check.png", help="where the contact sheet goes (default ./data_check.png)"
+    )
+    p.set_defaults(func=_check_data)
 
     from dreambooth_sweep.report import add_cli as add_report_cli
 

@@ -83,6 +83,7 @@ class MethodConfig:
     num_vectors: int = MISSING
     initializer_token: str | None = MISSING
     ti_lr: float = MISSING
+    ti_templates: str = MISSING
     ti_steps: int = MISSING
     phase2: str = MISSING
 
@@ -101,6 +102,15 @@ class DataConfig:
     random_flip: bool = MISSING
     max_images: int | None = MISSING
     generate_demo: bool = MISSING
+    instance_dirs: list[str] = MISSING
+    repeats: int = MISSING
+    captions: bool = MISSING
+    insert_identifier: bool = MISSING
+    caption_dropout: float = MISSING
+    buckets: bool = MISSING
+    bucket_step: int = MISSING
+    bucket_max_aspect: float = MISSING
+    mask_loss_weight: float | None = MISSING
 
 
 @dataclass
@@ -318,6 +328,38 @@ def _validate_method(m: Any, t: Any) -> None:
             )
 
 
+TI_TEMPLATE_SETS = ("none", "object", "style")
+
+
+def _validate_data(d: Any, m: Any) -> None:
+    if d.repeats < 1:
+        _fail(f"data.repeats={d.repeats} must be 1 or more", "use e.g. data.repeats=1")
+    if not 0 <= d.caption_dropout < 1:
+        _fail(f"data.caption_dropout={d.caption_dropout} must be in [0, 1)", "use e.g. 0.1, or 0 to turn off")
+    if d.bucket_step <= 0 or d.bucket_step % 8:
+        _fail(f"data.bucket_step={d.bucket_step} must be a positive multiple of 8", "use 64 (kohya, SDXL)")
+    if d.buckets and d.bucket_step > d.resolution:
+        _fail(
+            f"data.bucket_step={d.bucket_step} is larger than data.resolution={d.resolution}",
+            "use a smaller step, e.g. data.bucket_step=16 for model=tiny",
+        )
+    if not d.bucket_max_aspect >= 1:
+        _fail(f"data.bucket_max_aspect={d.bucket_max_aspect} must be 1 or more", "use e.g. 4.0")
+    if d.mask_loss_weight is not None and not 0 <= d.mask_loss_weight <= 1:
+        _fail(
+            f"data.mask_loss_weight={d.mask_loss_weight} must be in [0, 1]",
+            "use e.g. 0.1 (background weighs a tenth), or null to ignore masks",
+        )
+    templates = m.get("ti_templates", "none")
+    if templates not in TI_TEMPLATE_SETS:
+        _fail(f"unknown method.ti_templates={templates!r}", f"choose one of {', '.join(TI_TEMPLATE_SETS)}")
+    if templates != "none" and m.name != "textual_inversion":
+        _fail(
+            f"method.ti_templates={templates} is for method=textual_inversion, not {m.name}",
+            "set method.ti_templates=none",
+        )
+
+
 def validate(cfg: DictConfig | Any) -> None:
     """Check flag combinations and ranges up front, before anything is loaded or trained."""
     t, p, d = cfg.train, cfg.prior, cfg.data
@@ -360,6 +402,7 @@ def validate(cfg: DictConfig | Any) -> None:
         )
     if d.max_images is not None and d.max_images <= 0:
         _fail(f"data.max_images={d.max_images} must be positive", "use null for all images")
+    _validate_data(d, cfg.method)
     if not str(d.identifier).strip():
         _fail("data.identifier is empty", "set a rare word, e.g. data.identifier=sks")
     if p.enabled:

@@ -47,7 +47,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dreambooth_sweep import data as data_lib
-from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments, trim_heap
+from dreambooth_sweep.caches import (
+    BASE_MODELS,
+    LatentCache,
+    TextEmbeddingCache,
+    encode_moments,
+    encode_rows,
+    trim_heap,
+)
 from dreambooth_sweep.config import ConfigError, register_configs, validate
 from dreambooth_sweep.files import atomic_replace_dir, remove_dir
 from dreambooth_sweep.methods import Method, build_method
@@ -274,7 +281,10 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     t, p = cfg.train, cfg.prior
     out = resolve_output_dir(cfg)
     set_cpu_threads(t.num_threads)
-    instance_images = data_lib.load_instance_images(cfg.data)
+    # Captions, repeats, masks; the data check warns (never changes anything) and writes data_check.png.
+    instances = data_lib.check_run_data(cfg.data, out)
+    instance_images = [i.image for i in instances]
+    templates = data_lib.ti_templates(cfg, instances)  # method.ti_templates; refused with captions
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
     log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)
 
@@ -324,8 +334,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         )  # one per phase
 
         dataset = data_lib.DreamBoothDataset(
-            instance_images,
-            method.prompt(cfg.data.instance_prompt),  # multi-vector tokens spelled out
+            instances,
+            cfg.data.instance_prompt,
             tokenizer,
             cfg.data.resolution,
             class_images=class_images,
@@ -333,14 +343,23 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             center_crop=cfg.data.center_crop,
             random_flip=cfg.data.random_flip,
             seed=t.seed,
+            caption_dropout=cfg.data.caption_dropout,
+            templates=templates,
+            prompt_fn=method.prompt,  # multi-vector tokens spelled out
+            buckets=data_lib.dataset_buckets(cfg.data),
+            mask_loss_weight=cfg.data.mask_loss_weight,
         )
-        sampler = data_lib.EpochSampler(
-            len(dataset), t.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index
+        # One bucket per batch (with data.buckets); the order is a pure function of (seed, epoch).
+        sampler = data_lib.batch_sampler(
+            dataset,
+            t.batch_size,
+            t.seed,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
         )
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=t.batch_size,
-            sampler=sampler,
+            batch_sampler=sampler,
             collate_fn=data_lib.collate,
             num_workers=t.dataloader_workers,
         )
@@ -518,15 +537,14 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     # unwrapped (no DDP sync of weights that do not train) under the mixed-precision autocast.
                     denoiser = unet if method.unet_active else accelerator.unwrap_model(unet)
                     with accelerator.autocast():
-                        if method.text_encoder_active or text_cache is None:
+                        if method.text_encoder_active:
                             if text_cache is not None:
                                 text_cache.clear()  # its weights move in this step: cached states go stale
-                            with nullcontext() if method.text_encoder_active else torch.no_grad():
-                                encoder_states = text_encoder(input_ids)[0]
-                        else:  # frozen text encoder, same prompt ids every step: encoded once
+                            encoder_states = text_encoder(input_ids)[0]
+                        else:  # frozen: each distinct prompt (caption) encoded alone, cached or not
                             with torch.no_grad():
-                                encoder_states = text_cache.get(
-                                    batch["input_ids"], lambda ids=input_ids: text_encoder(ids)[0]
+                                encoder_states = encode_rows(
+                                    input_ids, lambda ids: text_encoder(ids)[0], text_cache
                                 )
                         pred = denoiser(noisy, timesteps, encoder_states).sample
                     if prediction_type == "epsilon":
@@ -538,9 +556,11 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             f"unsupported prediction_type {prediction_type!r} in the model's scheduler config"
                         )
                     # Per-example loss, so Min-SNR weights and the instance/class split line up example by example.
-                    per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(
-                        dim=(1, 2, 3)
-                    )
+                    per_element = F.mse_loss(pred.float(), target.float(), reduction="none")
+                    weights = data_lib.latent_weights(batch["masks"], latents.shape[-2:], device)
+                    if weights is not None:  # masks: background pixels weigh data.mask_loss_weight
+                        per_element = per_element * weights
+                    per_example = per_element.mean(dim=(1, 2, 3))
                     if t.snr_gamma is not None:
                         snr = compute_snr(noise_scheduler, timesteps)
                         clipped = torch.clamp(snr, max=t.snr_gamma)

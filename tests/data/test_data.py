@@ -209,3 +209,34 @@ def test_demo_subject_is_generated_only_into_its_own_folder(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="data=subject"):
         data.load_instance_images(typo)
     assert not (tmp_path / "photoz").exists()
+
+
+def test_float_images_convert_and_broken_symlinks_are_named(tmp_path: Path) -> None:
+    grey = Image.fromarray(np.full((20, 30), 0.5, dtype=np.float32), mode="F")
+    grey.save(tmp_path / "a_float.tif")
+    _save(tmp_path / "b.png", Image.new("RGB", (30, 20), "blue"))
+    (tmp_path / "c_link.png").symlink_to(tmp_path / "gone.png")
+    with pytest.warns(UserWarning, match=r"c_link\.png \(broken symlink to .*gone\.png\)"):
+        images = data.load_images(tmp_path)
+    assert [p.name for p, _ in images] == ["a_float.tif", "b.png"]
+    assert images[0][1].getpixel((0, 0)) == (128, 128, 128)  # 0.5 of 0..1 is mid-grey, not black
+
+
+def test_images_in_subfolders_are_taken(tmp_path: Path) -> None:
+    _save(tmp_path / "top.png", Image.new("RGB", (16, 16)))
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for name in ("sub/a.png", "sub/deeper/b.png", "sub/c.png"):
+        _save(tmp_path / name, Image.new("RGB", (16, 16)))
+    names = [p.relative_to(tmp_path).as_posix() for p, _ in data.load_images(tmp_path)]
+    assert names == ["sub/a.png", "sub/c.png", "sub/deeper/b.png", "top.png"]
+
+
+def test_class_image_metadata_stays_out_of_the_image_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "my_classes"
+    folder.mkdir()
+    (folder / "cache.json").write_text("{}")  # where earlier versions wrote it
+    generate = lambda idx: [Image.new("RGB", (8, 8)) for _ in idx]  # noqa: E731
+    data.ensure_class_images(folder, 2, generate, progress=False, metadata={"prompt": "a photo of dog"})
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png"]  # only images
+    assert data.metadata_path(folder) == tmp_path / "my_classes.cache.json"
+    assert '"a photo of dog"' in data.metadata_path(folder).read_text()
