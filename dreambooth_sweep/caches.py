@@ -47,6 +47,7 @@ __all__ = [
     "TextEmbeddingCache",
     "encode_moments",
     "fingerprint",
+    "module_names",
     "release_process_caches",
     "trim_heap",
 ]
@@ -64,8 +65,9 @@ def fingerprint(components: Any) -> str:
     an evenly strided sample of its values; the tokenizer its length. Any optimizer step, added token
     or resized embedding changes it. Costs one pass over the weights (a fraction of a second for SD-1.5).
     """
-    digest = hashlib.sha256(f"tokens={len(components.tokenizer)}".encode())
-    for part in ("text_encoder", "vae", "unet"):
+    tokens = [len(getattr(components, n)) for n in getattr(components, "tokenizer_names", ("tokenizer",))]
+    digest = hashlib.sha256(f"tokens={tokens[0] if len(tokens) == 1 else tokens}".encode())
+    for part in module_names(components):
         for name, tensor in getattr(components, part).state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
@@ -73,6 +75,15 @@ def fingerprint(components: Any) -> str:
             digest.update(f"{part}.{name}{tuple(tensor.shape)}{tensor.dtype}{total!r}".encode())
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
+
+
+def module_names(components: Any) -> tuple[str, ...]:
+    """The torch modules of ``components``: its family's list (text encoders, VAE, denoiser), or
+    text_encoder/vae/unet for plain namespaces."""
+    names = getattr(components, "module_names", None)
+    if names is not None:
+        return tuple(names)
+    return tuple(n for n in ("text_encoder", "vae", "unet") if hasattr(components, n))
 
 
 @dataclass
@@ -137,7 +148,7 @@ class BaseModelCache:
 def _copy_to(components: Any, device: Any) -> Any:
     """A deep copy of ``components`` whose text encoder, VAE and UNet are each copied, then moved to
     ``device`` (None: stay where they are) before the next one is copied."""
-    parts = [name for name in ("text_encoder", "vae", "unet") if hasattr(components, name)]
+    parts = module_names(components)
     memo: dict[int, Any] = {id(getattr(components, name)): None for name in parts}
     shell = copy.deepcopy(components, memo)  # tokenizer, schedulers, ...: everything but the modules
     for name in parts:

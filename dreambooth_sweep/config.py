@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dreambooth_sweep.errors import ConfigError
+from dreambooth_sweep.samplers import FLOW_SCHEDULERS, SCHEDULERS
 
 __all__ = [
     "ConfigError",
@@ -37,7 +38,9 @@ METHODS = ("dreambooth", "lora", "textual_inversion", "ti_dreambooth")
 TI_PHASE2 = ("full", "lora")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
-EVAL_SCHEDULERS = ("ddim", "pndm", "lms", "dpm++", "euler", "euler_a", "unipc", "ddpm")
+EVAL_SCHEDULERS = tuple(SCHEDULERS)  # DDPM-trained families (SD, SDXL)
+FLOW_EVAL_SCHEDULERS = tuple(FLOW_SCHEDULERS)  # flow-matching families (SD3, FLUX)
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -55,6 +58,12 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     variant: str | None = None  # weight variant on the hub, e.g. "fp16"
     resolution: int = 512  # native training resolution of the model
+    vae: str | None = None  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL
+    sampler: str = "ddim"  # the family's default eval sampler (eval.scheduler reads it)
+    inference_steps: int = 50  # default sampler steps (eval.num_inference_steps reads it)
+    guidance_scale: float = 7.5  # CFG scale, or FLUX's distilled guidance (eval / class images read it)
+    max_sequence_length: int | None = None  # T5 tokens (SD3: 256, FLUX: 512); None: the tokenizer's own
+    train_guidance: float = 1.0  # FLUX guidance embedding value during training (models that have one)
 
 
 @dataclass
@@ -66,7 +75,8 @@ class MethodConfig:
     rank: int = 4  # LoRA rank r (4 on SD-1.5 attention ≈ 3.2 MB, seed 2's file size)
     alpha: float | None = None  # LoRA scale is alpha / rank; null: alpha = rank (scale 1)
     dropout: float = 0.0  # dropout on the LoRA branch's input
-    unet_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # the denoiser's (UNet / transformer) layers; None: the family's default (diffusers' script's list)
+    unet_target_modules: list[str] | None = None
     text_encoder_target_modules: list[str] = field(  # adapted when train.train_text_encoder=true
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
     )
@@ -145,6 +155,11 @@ class TrainConfig:
     cache_latents: bool = True  # VAE latents per fixed view (center crop, ± flip); random crops: off
     cache_text_embeddings: bool = True  # text-encoder output while the text encoder does not train
     cache_base_model: bool = True  # keep a pristine copy of the base model for the next trial in this process
+    # Flow matching (SD3, FLUX): diffusers' compute_density_for_timestep_sampling / loss weighting
+    weighting_scheme: str = "none"  # none | sigma_sqrt | logit_normal | mode | cosmap
+    logit_mean: float = 0.0  # logit_normal: mean
+    logit_std: float = 1.0  # logit_normal: std
+    mode_scale: float = 1.29  # mode: scale
 
 
 @dataclass
@@ -159,9 +174,11 @@ class ObjectiveConfig:
 class EvalConfig:
     enabled: bool = True
     every_n_steps: int = 100  # also at step 0 (base model baseline) and at the last step
-    scheduler: str = "ddim"  # ddim | pndm | lms | dpm++ | euler | euler_a | unipc | ddpm
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    scheduler: str = (
+        "${model.sampler}"  # ddim | pndm | lms | dpm++ | euler | euler_a | unipc | ddpm | flow_euler
+    )
+    num_inference_steps: int = "${model.inference_steps}"  # type: ignore[assignment]
+    guidance_scale: float = "${model.guidance_scale}"  # type: ignore[assignment]
     prompts: str = "dreambench_${data.kind}"  # dreambench_object | dreambench_live | custom
     custom_prompts: list[str] = field(default_factory=list)  # with {V} and {C} placeholders
     num_prompts: int | None = 4  # prompts at intermediate checkpoints (deterministic subset); all at the last
@@ -252,7 +269,8 @@ def _validate_method(m: Any, t: Any) -> None:
             _fail(f"method.alpha={m.alpha} must be positive", "use e.g. method.alpha=4, or null (= rank)")
         if not 0 <= m.dropout < 1:
             _fail(f"method.dropout={m.dropout} must be in [0, 1)", "use e.g. 0.0 or 0.1")
-        if not m.unet_target_modules or (t.train_text_encoder and not m.text_encoder_target_modules):
+        empty = m.unet_target_modules is not None and not m.unet_target_modules
+        if empty or (t.train_text_encoder and not m.text_encoder_target_modules):
             _fail(
                 "method.unet_target_modules / text_encoder_target_modules is empty",
                 "name the layers to adapt, e.g. [to_q,to_k,to_v,to_out.0]",
@@ -334,8 +352,16 @@ def validate(cfg: DictConfig | Any) -> None:
             _fail(f"prior.num_class_images={p.num_class_images} must be positive", "use e.g. 100")
         if p.loss_weight < 0:
             _fail(f"prior.loss_weight={p.loss_weight} cannot be negative", "use e.g. 1.0")
-    if cfg.eval.scheduler not in EVAL_SCHEDULERS:
-        _fail(f"unknown eval.scheduler={cfg.eval.scheduler!r}", f"choose one of {', '.join(EVAL_SCHEDULERS)}")
+    if cfg.eval.scheduler not in EVAL_SCHEDULERS + FLOW_EVAL_SCHEDULERS:
+        _fail(
+            f"unknown eval.scheduler={cfg.eval.scheduler!r}",
+            f"choose one of {', '.join(EVAL_SCHEDULERS)} (SD, SDXL) or {', '.join(FLOW_EVAL_SCHEDULERS)} (SD3, FLUX)",
+        )
+    if t.weighting_scheme not in WEIGHTING_SCHEMES:
+        _fail(
+            f"unknown train.weighting_scheme={t.weighting_scheme!r}",
+            f"choose one of {', '.join(WEIGHTING_SCHEMES)}",
+        )
     if cfg.eval.enabled and cfg.eval.every_n_steps <= 0:
         _fail(f"eval.every_n_steps={cfg.eval.every_n_steps} must be positive", "or set eval.enabled=false")
 

@@ -115,6 +115,26 @@ def load_instance_images(data_cfg: Any) -> list[Image.Image]:
     return [im for _, im in images]
 
 
+def crop_box(
+    size: tuple[int, int],
+    resolution: int,
+    *,
+    center_crop: bool = True,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of the square crop :func:`preprocess` takes from an
+    image of ``size`` (w, h): the short side resized to ``resolution``, then a center or random crop."""
+    w, h = size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    if center_crop or rng is None:
+        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    else:
+        left = int(rng.integers(0, new_w - resolution + 1))
+        top = int(rng.integers(0, new_h - resolution + 1))
+    return new_w, new_h, left, top
+
+
 def preprocess(
     image: Image.Image,
     resolution: int,
@@ -122,17 +142,13 @@ def preprocess(
     center_crop: bool = True,
     flip: bool = False,
     rng: np.random.Generator | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Resize the short side to ``resolution``, crop a square, optionally flip; CHW float in [-1, 1]."""
-    w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    """Resize the short side to ``resolution``, crop a square, optionally flip; CHW float in [-1, 1].
+
+    ``box`` is the :func:`crop_box` already drawn for this image (else drawn here with ``rng``)."""
+    new_w, new_h, left, top = box or crop_box(image.size, resolution, center_crop=center_crop, rng=rng)
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
-    if center_crop or rng is None:
-        left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
-    else:
-        left = int(rng.integers(0, new_w - resolution + 1))
-        top = int(rng.integers(0, new_h - resolution + 1))
     image = image.crop((left, top, left + resolution, top + resolution))
     if flip:
         image = ImageOps.mirror(image)
@@ -153,7 +169,10 @@ class DreamBoothDataset(torch.utils.data.Dataset):
     """Instance examples, each paired with a class example when prior preservation is on.
 
     Length is the larger of the two sets (as in the DreamBooth reference script), cycling the smaller.
-    Each example also names its *view* — ``(stream, image, flipped)``, or None when the crop is random —
+    Prompts are tokenized by ``tokenize(prompt) -> ids`` when given (a model family: every tokenizer's
+    ids in one row), else by ``tokenizer`` (one HF tokenizer, padded to its max length).
+    Each example carries its *geometry* ``(original height, original width, crop top, crop left)`` in
+    pixels (SDXL's micro-conditioning) and names its *view* — ``(stream, image, flipped)``, or None when the crop is random —
     so the trainer can cache the VAE latents of views augmentation cannot change; views listed in
     ``cached_views`` come without pixels (no preprocessing for work already done).
     """
@@ -170,6 +189,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         center_crop: bool = True,
         random_flip: bool = False,
         seed: int = 0,
+        tokenize: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.instance_images = list(instance_images)
         self.class_images = list(class_images)
@@ -179,11 +199,13 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.cached_views: Container[View] = frozenset()  # the trainer's latent cache keys
-        self.instance_ids = self._tokenize(tokenizer, instance_prompt)
-        self.class_ids = self._tokenize(tokenizer, class_prompt) if self.class_images else None
+        self.instance_ids = self._tokenize(tokenizer, instance_prompt, tokenize)
+        self.class_ids = self._tokenize(tokenizer, class_prompt, tokenize) if self.class_images else None
 
     @staticmethod
-    def _tokenize(tokenizer: Any, prompt: str | None) -> torch.Tensor:
+    def _tokenize(tokenizer: Any, prompt: str | None, tokenize: Callable | None) -> torch.Tensor:
+        if tokenize is not None:
+            return tokenize(prompt)
         return tokenizer(
             prompt,
             padding="max_length",
@@ -200,24 +222,34 @@ class DreamBoothDataset(torch.utils.data.Dataset):
 
     def _view(
         self, images: list[Image.Image], index: int, stream: int
-    ) -> tuple[View | None, torch.Tensor | None]:
+    ) -> tuple[View | None, torch.Tensor | None, torch.Tensor]:
         # Randomness depends only on (seed, epoch, index, stream): identical after a resume.
         rng = np.random.default_rng([self.seed, self.epoch, index, stream])
         flip = bool(self.random_flip and rng.random() < 0.5)
         view = (
             (stream, index % len(images), flip) if self.center_crop else None
         )  # random crops: no fixed view
-        if view is not None and view in self.cached_views:
-            return view, None
         image = images[index % len(images)]
-        return view, preprocess(image, self.resolution, center_crop=self.center_crop, flip=flip, rng=rng)
+        box = crop_box(image.size, self.resolution, center_crop=self.center_crop, rng=rng)
+        geometry = torch.tensor([image.height, image.width, box[3], box[2]])
+        if view is not None and view in self.cached_views:
+            return view, None, geometry
+        pixels = preprocess(image, self.resolution, center_crop=self.center_crop, flip=flip, box=box)
+        return view, pixels, geometry
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        view, pixels = self._view(self.instance_images, index, 0)
-        item = {"instance_pixels": pixels, "instance_view": view, "instance_ids": self.instance_ids}
+        view, pixels, geometry = self._view(self.instance_images, index, 0)
+        item = {
+            "instance_pixels": pixels,
+            "instance_view": view,
+            "instance_ids": self.instance_ids,
+            "instance_geometry": geometry,
+        }
         if self.class_ids is not None:
-            view, pixels = self._view(self.class_images, index, 1)
-            item.update(class_pixels=pixels, class_view=view, class_ids=self.class_ids)
+            view, pixels, geometry = self._view(self.class_images, index, 1)
+            item.update(
+                class_pixels=pixels, class_view=view, class_ids=self.class_ids, class_geometry=geometry
+            )
         return item
 
 
@@ -232,7 +264,11 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     views = [it.get("instance_view") for it in items] + [it.get("class_view") for it in classes]
     ids = [it["instance_ids"] for it in items] + [it["class_ids"] for it in classes]
     stacked = torch.stack(pixels).float() if all(p is not None for p in pixels) else None
-    return {"pixel_values": stacked, "pixels": pixels, "views": views, "input_ids": torch.stack(ids)}
+    batch = {"pixel_values": stacked, "pixels": pixels, "views": views, "input_ids": torch.stack(ids)}
+    if all("instance_geometry" in it for it in items):
+        geometry = [it["instance_geometry"] for it in items] + [it["class_geometry"] for it in classes]
+        batch["geometry"] = torch.stack(geometry)  # (B, 4): original h, w, crop top, left
+    return batch
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

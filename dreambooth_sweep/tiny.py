@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "TINY_ID",
+    "TINY_IDS",
     "build_random_sd15",
     "build_tiny_clip",
     "build_tiny_dino",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 TINY_ID = "tiny"
+# model.pretrained values that name an offline build -> its ensure_tiny kind
+TINY_IDS = {TINY_ID: "sd", "tiny_sdxl": "sdxl", "tiny_sd3": "sd3", "tiny_flux": "flux"}
 _BUILD_VERSION = "1"  # bump when the architecture below changes: cached builds are then rebuilt
 
 # Words that get whole-word tokens; everything else falls back to byte-level pieces.
@@ -333,11 +336,26 @@ def _write_image_processor(directory: Path, cls: str, *, mean, std, resample: in
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
-_BUILDERS = {"sd": build_tiny_sd, "clip": build_tiny_clip, "dino": build_tiny_dino}
+def _family_builder(kind: str) -> Callable[..., Path]:
+    def build(directory: str | os.PathLike[str]) -> Path:
+        from dreambooth_sweep.families import tiny as family_tiny
+
+        return getattr(family_tiny, f"build_tiny_{kind}")(directory)
+
+    return build
+
+
+_BUILDERS = {
+    "sd": build_tiny_sd,
+    "clip": build_tiny_clip,
+    "dino": build_tiny_dino,
+    **{kind: _family_builder(kind) for kind in ("sdxl", "sd3", "flux")},
+}
 
 
 def ensure_tiny(kind: str, cache_dir: str | os.PathLike[str]) -> Path:
-    """Path of the cached tiny ``kind`` model ("sd", "clip" or "dino"), building it the first time.
+    """Path of the cached tiny ``kind`` model ("sd", "sdxl", "sd3", "flux", "clip" or "dino"), building
+    it the first time.
 
     The build goes to a temporary sibling folder that is renamed into place, so concurrent workers
     never see a half-written model and a crash never leaves one behind.
