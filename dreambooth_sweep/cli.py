@@ -1,6 +1,6 @@
 """``dreambooth-sweep`` helper commands (training itself is ``python -m dreambooth_sweep.train``).
 
-dreambooth-sweep make-tiny-model DIR [--kind sd|clip|dino]   random-weight model, diffusers/transformers format
+dreambooth-sweep make-tiny-model DIR [--kind sd|sdxl|sd3|flux|clip|dino]   random-weight model, diffusers/transformers format
 dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
 dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
@@ -17,8 +17,16 @@ __all__ = ["main"]
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
     from dreambooth_sweep import tiny
+    from dreambooth_sweep.families import tiny as family_tiny
 
-    builders = {"sd": tiny.build_tiny_sd, "clip": tiny.build_tiny_clip, "dino": tiny.build_tiny_dino}
+    builders = {
+        "sd": tiny.build_tiny_sd,
+        "sdxl": family_tiny.build_tiny_sdxl,
+        "sd3": family_tiny.build_tiny_sd3,
+        "flux": family_tiny.build_tiny_flux,
+        "clip": tiny.build_tiny_clip,
+        "dino": tiny.build_tiny_dino,
+    }
     out = Path(args.dir)
     if out.exists() and any(out.iterdir()):
         print(f"error: {out} is not empty: choose a new folder", file=sys.stderr)
@@ -26,12 +34,16 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     builders[args.kind](out, seed=args.seed)
     loader = {
         "sd": "StableDiffusionPipeline.from_pretrained",
+        "sdxl": "StableDiffusionXLPipeline.from_pretrained",
+        "sd3": "StableDiffusion3Pipeline.from_pretrained",
+        "flux": "FluxPipeline.from_pretrained",
         "clip": "CLIPModel.from_pretrained",
         "dino": "ViTModel.from_pretrained",
     }[args.kind]
     print(f"wrote a tiny random {args.kind} model to {out} (load it with {loader}({str(out)!r}))")
-    if args.kind == "sd":
-        print(f"train on it: python -m dreambooth_sweep.train model=tiny model.pretrained={out} eval=tiny")
+    if args.kind in ("sd", "sdxl", "sd3", "flux"):
+        model = "tiny" if args.kind == "sd" else f"tiny_{args.kind}"
+        print(f"train on it: python -m dreambooth_sweep.train model={model} model.pretrained={out} eval=tiny")
     return 0
 
 
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random-weight model (offline)")
     p.add_argument("dir")
-    p.add_argument("--kind", choices=["sd", "clip", "dino"], default="sd")
+    p.add_argument("--kind", choices=["sd", "sdxl", "sd3", "flux", "clip", "dino"], default="sd")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_make_tiny_model)
 
