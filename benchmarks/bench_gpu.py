@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the checkout's package (this script runs from benchmarks/, not the root, so an installed copy would win)
+sys.path.insert(0, str(ROOT))
 
 CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "16gb": (

@@ -493,6 +493,19 @@ def _has_weights(w: Any) -> bool:
     return bool(w.model_dir or w.lora or w.embedding)
 
 
+def _lora_file(w: Any, family: Any) -> Path:
+    """``weights.lora`` as a file, checked to be a LoRA for this family (one-line errors otherwise)."""
+    path = Path(w.lora).expanduser()
+    if path.is_dir():
+        path = path / "pytorch_lora_weights.safetensors"
+    if not path.is_file():
+        raise ConfigError(
+            f"weights.lora={str(path)!r} does not exist: pass the .safetensors file or its folder"
+        )
+    family.check_lora_file(path)
+    return path
+
+
 def _load_weights(
     cfg: DictConfig, components: Components, device: torch.device, dtype: torch.dtype
 ) -> dict[str, Any]:
@@ -517,14 +530,7 @@ def _load_weights(
     if w.lora or w.embedding:
         pipe = build_pipeline(components, **live)
         if w.lora:
-            path = Path(w.lora).expanduser()
-            if path.is_dir():
-                path = path / "pytorch_lora_weights.safetensors"
-            if not path.is_file():
-                raise ConfigError(
-                    f"weights.lora={str(path)!r} does not exist: pass the .safetensors file or its folder"
-                )
-            family.check_lora_file(path)
+            path = _lora_file(w, family)
             pipe.load_lora_weights(str(path.parent), weight_name=path.name)
         if w.embedding:
             path = Path(w.embedding).expanduser()
@@ -567,6 +573,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     family = components.family
     family.check_sampler(cfg)
+    if cfg.weights.lora:  # a LoRA for another family fails now, before the base model is sampled
+        _lora_file(cfg.weights, family)
 
     def run(step: int, label: str, live: dict[str, Any]) -> EvalResult:
         first = live[family.text_encoders[0]]

@@ -64,7 +64,6 @@ def test_flux_lora_sweep_with_pruning_makes_a_report(
     _check(_sweep("flux_lr_steps", "tiny_flux", tmp_path, cache_dir, demo_dir), tmp_path)
 
 
-@pytest.mark.slow
 def test_sdxl_lora_sweep_with_pruning_makes_a_report(
     tmp_path: Path, cache_dir: Path, demo_dir: Path, tiny_family
 ) -> None:
