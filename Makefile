@@ -88,11 +88,11 @@ sweep: install ## the Optuna sweet-spot search (sweeps/lr_steps.yaml, MODEL=sdxl
 		echo "$(WORKERS) workers started (logs: outputs/sweep-worker*.log)"; wait $$pids; \
 	fi
 
-blog-objects: install ## seed 1, objects: lr 5e-6 vs 2e-6, 400 steps, batch 4, no prior (DATA=, CLASS=)
+blog-objects: install ## HF DreamBooth study, objects: lr 5e-6 vs 2e-6, 400 steps, batch 4, no prior (DATA=, CLASS=)
 	$(NEED_DATA)
 	$(GRID) blog_objects $(RECIPE_ARGS)
 
-blog-faces: install ## seed 1, faces: lr 5e-6 vs 2e-6 with prior, 800/1200 steps; prior on vs off at 2e-6
+blog-faces: install ## HF DreamBooth study, faces: lr 5e-6 vs 2e-6 with prior, 800/1200 steps; prior on vs off at 2e-6
 	$(NEED_DATA)
 	$(GRID) blog_faces $(RECIPE_ARGS)
 	$(GRID) blog_faces_prior $(RECIPE_ARGS)
@@ -100,21 +100,21 @@ blog-faces: install ## seed 1, faces: lr 5e-6 vs 2e-6 with prior, 800/1200 steps
 comma := ,
 SCHED_DIR = outputs/blog_schedulers
 
-blog-schedulers: install ## seed 1: PNDM vs LMS vs DDIM × 50/100 steps on a trained model (MODEL_DIR=, else trains one)
+blog-schedulers: install ## HF DreamBooth study: PNDM vs LMS vs DDIM × 50/100 steps on a trained model (MODEL_DIR=, else trains one)
 	$(NEED_DATA)
 	$(if $(MODEL_DIR),,$(PY) -m dreambooth_sweep.train experiment=blog_faces train.lr=5e-6 paths.output_dir=$(SCHED_DIR)/train $(RECIPE_ARGS))
 	$(PY) -m dreambooth_sweep.evaluate -m experiment=blog_schedulers weights.model_dir=$(or $(MODEL_DIR),$(SCHED_DIR)/train/model) \
 		eval.scheduler=pndm,lms,ddim eval.num_inference_steps=$(if $(SMOKE),2$(comma)4,50$(comma)100) $(RECIPE_ARGS)
 
-blog-text-encoder: install ## seed 1: text encoder frozen vs fine-tuned (faces settings)
+blog-text-encoder: install ## HF DreamBooth study: text encoder frozen vs fine-tuned (faces settings)
 	$(NEED_DATA)
 	$(GRID) blog_text_encoder $(RECIPE_ARGS)
 
-blog-ema: install ## seed 1: EMA on vs off (faces settings)
+blog-ema: install ## HF DreamBooth study: EMA on vs off (faces settings)
 	$(NEED_DATA)
 	$(GRID) blog_ema $(RECIPE_ARGS)
 
-blog-identifier: install ## seed 1: identifier sks vs a natural word (NATURAL=my) vs aawxbc
+blog-identifier: install ## HF DreamBooth study: identifier sks vs a natural word (NATURAL=my) vs aawxbc
 	$(NEED_DATA)
 	$(GRID) blog_identifier $(RECIPE_ARGS) data.identifier=sks,$(NATURAL),aawxbc
 
@@ -123,7 +123,7 @@ MLFLOW_DB ?= sqlite:///$(abspath $(or $(DREAMBOOTH_SWEEP_ROOT),.)/outputs)/mlflo
 UI_PORT ?= 5000
 
 ui: install ## MLflow UI over outputs/mlflow.db on http://127.0.0.1:5000 (UI_PORT=)
-	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_DB); Ctrl-C to stop)"
+	@echo "MLflow UI on http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning  (store: $(MLFLOW_DB); Ctrl-C to stop)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_DB) --host 127.0.0.1 --port $(UI_PORT)
 
 DASHBOARD_PORT ?= 8080
@@ -133,11 +133,11 @@ dashboard: install ## Optuna dashboard over outputs/optuna.db on http://127.0.0.
 	@echo "Optuna dashboard on http://127.0.0.1:$(DASHBOARD_PORT)  (storage: $(STUDY_DB); Ctrl-C to stop)"
 	$(VENV)/bin/optuna-dashboard $(STUDY_DB) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
-blog-ti-dreambooth: install ## seed 1 epilogue: 2000 textual-inversion steps, then 500 DreamBooth steps at lr 1e-6
+blog-ti-dreambooth: install ## HF DreamBooth study, epilogue: 2000 textual-inversion steps, then 500 DreamBooth steps at lr 1e-6
 	$(NEED_DATA)
 	$(PY) -m dreambooth_sweep.train experiment=blog_ti_dreambooth $(RECIPE_ARGS)
 
-lora-figurine: install ## seed 2: LoRA DreamBooth recipe and its 5/15/25-image dataset-size study
+lora-figurine: install ## LoRA walk-through: LoRA DreamBooth recipe and its 5/15/25-image dataset-size study
 	$(NEED_DATA)
 	$(GRID) lora_figurine $(RECIPE_ARGS)
 
@@ -164,5 +164,5 @@ format: install ## ruff auto-fix + format
 	$(PY) -m ruff check --fix dreambooth_sweep hydra_plugins tests benchmarks
 	$(PY) -m ruff format dreambooth_sweep hydra_plugins tests benchmarks
 
-clean: ## remove run outputs and caches (keeps .venv)
+clean: ## remove run outputs and tool caches (keeps .venv and .cache/: tiny models, class images; rm -rf .cache for those)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ schedule, no validation/evaluation, fp32 on the CPU):
    ``train_dreambooth.py``, both logging to MLflow (ours by default; the script with
    ``--report_to=mlflow``, accelerate's tracker, into its own SQLite store) and both logging nothing
    (``tracking=none``; the script's default TensorBoard tracker, which logs nothing without tensorboard);
-2. **seed 1's 2×2 object grid** (lr 5e-6 / 2e-6 × two synthetic subjects), prior preservation with one
+2. **the Hugging Face DreamBooth study's 2×2 object grid** (lr 5e-6 / 2e-6 × two synthetic subjects), prior preservation with one
    shared class-image folder that starts empty: one Hydra multirun (basic launcher: the four trials run
    in one process, loading the base model once) vs four script runs, one after another;
 3. **evaluation cost** (ours only): one checkpoint evaluation at the default evaluation settings (DDIM
@@ -51,7 +51,7 @@ RUNNER = Path(__file__).with_name("run_diffusers_script.py")
 RESOLUTION = 64
 BATCH = 2  # instance images per step; prior preservation adds as many class images
 LR_SINGLE = 1e-4
-GRID_LRS = (5e-6, 2e-6)  # seed 1's objects
+GRID_LRS = (5e-6, 2e-6)  # the Hugging Face DreamBooth study's objects
 NUM_CLASS = 8
 INSTANCE_PROMPT, CLASS_PROMPT = "a photo of sks toy", "a photo of toy"
 SEED = 0

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from omegaconf import OmegaConf
 from PIL import Image
 
-from dreambooth_sweep.config import RunConfig
+from dreambooth_sweep.config import load_config
 from dreambooth_sweep.tracking import resolve_uri, start_tracking
 
 STEP_S = 0.020  # a dummy training step
@@ -48,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = OmegaConf.structured(RunConfig)
+        cfg = load_config()
         cfg.model.name = cfg.model.pretrained = "tiny"
         cfg.data.instance_dir, cfg.data.class_noun = str(Path(tmp) / "dog"), "dog"
         cfg.paths.root_dir = tmp

@@ -9,9 +9,9 @@
   one view, with ``data.random_flip`` two (flipped or not); random crops are encoded every step. The
   loop still *samples* the latents from that distribution with its own generator each step, so a run
   with the cache is bit-identical to one without.
-* :class:`TextEmbeddingCache` — the text encoder's output for the batch's prompt ids (instance prompt,
-  then class prompt: the same ids every step) while the text encoder does not train; any step in which
-  it trains (text-encoder fine-tuning, LoRA on it, textual inversion) empties the cache.
+* :class:`TextEmbeddingCache` — the text encoder's output per distinct prompt (instance prompt or
+  caption, class prompt) while the text encoder does not train; any step in which it trains
+  (text-encoder fine-tuning, LoRA on it, textual inversion) empties the cache.
 * :class:`SampleCache` — the step-0 evaluation samples: every trial starts from the same untouched
   base model, so trials in one process that sample the same prompts and seeds with the same settings
   generate them once. The key holds the live modules' :func:`fingerprint`, so a trial whose step-0
@@ -30,7 +30,6 @@ import ctypes
 import gc
 import hashlib
 import logging
-import sys
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ __all__ = [
     "SampleCache",
     "TextEmbeddingCache",
     "encode_moments",
+    "encode_rows",
     "fingerprint",
     "module_names",
     "release_process_caches",
@@ -213,15 +213,17 @@ class LatentCache:
 
 
 class TextEmbeddingCache:
-    """The text encoder's output per batch of prompt ids, valid while the text encoder is frozen.
+    """The text encoder's output per prompt (one row of token ids), valid while the encoder is frozen.
 
-    The whole batch is the key (instance prompts first, then class prompts: the same every step, plus
-    a shorter last batch at most), so a cached output is exactly what the encoder would compute now.
+    One entry per distinct prompt — the instance prompt or each caption, the class prompt, the empty
+    prompt of caption dropout — however the batches combine them. :func:`encode_rows` fills and reads
+    it; ``hits`` and ``misses`` count rows served from it and rows encoded.
     """
 
     def __init__(self) -> None:
-        self._states: dict[tuple[tuple[int, ...], bytes], torch.Tensor] = {}
+        self._states: dict[Hashable, torch.Tensor] = {}
         self.hits = 0
+        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._states)
@@ -230,6 +232,7 @@ class TextEmbeddingCache:
         self._states.clear()
 
     def get(self, input_ids: torch.Tensor, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The output for a whole batch of ids, keyed by the batch (kept for callers that encode batches)."""
         key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes())
         states = self._states.get(key)
         if states is None:
@@ -237,6 +240,44 @@ class TextEmbeddingCache:
         else:
             self.hits += 1
         return states
+
+
+def encode_rows(
+    input_ids: torch.Tensor,
+    encode: Callable[[torch.Tensor], Any],
+    cache: TextEmbeddingCache | None = None,
+) -> Any:
+    """A frozen text encoder's output for a batch, one distinct prompt at a time (a tensor, or a model
+    family's conditioning object: ``first_row`` / ``stack``).
+
+    Each prompt is encoded alone (``encode`` gets 1×L ids), so its states never depend on which prompts
+    share its batch (batched matmuls may round differently): with or without ``cache`` the result is
+    bit-identical, and the cache needs one entry per prompt, not per combination of prompts.
+    """
+    rows: dict[bytes, torch.Tensor] = {}
+    keys = [row.cpu().numpy().tobytes() for row in input_ids]
+    for key, row in zip(keys, input_ids, strict=True):
+        if key in rows:
+            continue
+        states = cache._states.get(("row", key)) if cache is not None else None
+        if states is None:
+            states = _first_row(encode(row[None]))
+            if cache is not None:
+                cache._states[("row", key)] = states
+                cache.misses += 1
+        elif cache is not None:
+            cache.hits += 1
+        rows[key] = states
+    return _stack_rows([rows[k] for k in keys])
+
+
+def _first_row(out: Any) -> Any:
+    """Row 0 of an encoder output: a tensor, or a conditioning object with ``first_row``."""
+    return out[0] if isinstance(out, torch.Tensor) else out.first_row()
+
+
+def _stack_rows(rows: list[Any]) -> Any:
+    return torch.stack(rows) if isinstance(rows[0], torch.Tensor) else type(rows[0]).stack(rows)
 
 
 # ----------------------------------------------------------------------------- step-0 samples
@@ -289,9 +330,10 @@ def release_process_caches() -> None:
     before its report is built."""
     BASE_MODELS.clear()
     BASE_SAMPLES.clear()
-    metrics = sys.modules.get("dreambooth_sweep.metrics")
-    if metrics is not None:
-        metrics.clear_model_cache()
+    # Imported here: a process that never scored (the report alone) need not import the metric stack.
+    from dreambooth_sweep.metrics.backbones import clear_model_cache
+
+    clear_model_cache()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

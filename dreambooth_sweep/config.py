@@ -1,13 +1,14 @@
 """Typed schemas of one run, registered in Hydra's ConfigStore.
 
-Values live in the YAML files under ``conf/``; this module only says which keys exist and what type
-each has, so a typo (``train.learning_rate``) or a wrong type (``train.max_steps=abc``) fails when
+Values live in the YAML files under ``conf/`` (one place per value, with its comment); this module
+only says which keys exist and what type each has (every field ``MISSING``), so a typo (``train.learning_rate``) or a wrong type (``train.max_steps=abc``) fails when
 Hydra composes the config, before any model is loaded. Cross-field rules (prior preservation needs a
 class prompt, lr must be positive, ...) are checked by :func:`validate`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from dreambooth_sweep.samplers import FLOW_SCHEDULERS, SCHEDULERS
 
 __all__ = [
     "ConfigError",
+    "DINO_PREPROCESS",
     "DataConfig",
     "EvalConfig",
     "MethodConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "SweepContext",
     "TrackingConfig",
     "TrainConfig",
+    "load_config",
     "register_configs",
     "validate",
 ]
@@ -38,6 +41,8 @@ METHODS = ("dreambooth", "lora", "textual_inversion", "ti_dreambooth")
 TI_PHASE2 = ("full", "lora")
 OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
+# eval.dino_preprocess: DINO's evaluation transform or the checkpoint's preprocessor_config.json.
+DINO_PREPROCESS = ("dino_eval", "model_config")
 EVAL_SCHEDULERS = tuple(SCHEDULERS)  # DDPM-trained families (SD, SDXL)
 FLOW_EVAL_SCHEDULERS = tuple(FLOW_SCHEDULERS)  # flow-matching families (SD3, FLUX)
 WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
@@ -51,165 +56,185 @@ LR_SCHEDULERS = (
 )
 
 
+# Every field is MISSING: its value (and the comment saying what it means) lives in the YAML of its
+# group, conf/<group>/*.yaml. Only SweepContext keeps defaults: the sweeper fills it per job, no user
+# sets it. tests/test_config_sources.py fails if a value is ever given in both places.
+
+
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short label: tags, cache keys, report legends
-    pretrained: str = MISSING  # hub id, local diffusers dir, or "tiny" (random weights, built offline)
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    variant: str | None = None  # weight variant on the hub, e.g. "fp16"
-    resolution: int = 512  # native training resolution of the model
-    vae: str | None = None  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL
-    sampler: str = "ddim"  # the family's default eval sampler (eval.scheduler reads it)
-    inference_steps: int = 50  # default sampler steps (eval.num_inference_steps reads it)
-    guidance_scale: float = 7.5  # CFG scale, or FLUX's distilled guidance (eval / class images read it)
-    max_sequence_length: int | None = None  # T5 tokens (SD3: 256, FLUX: 512); None: the tokenizer's own
-    train_guidance: float = 1.0  # FLUX guidance embedding value during training (models that have one)
+    """``conf/model/*.yaml``: the base model."""
+
+    name: str = MISSING
+    pretrained: str = MISSING
+    revision: str | None = MISSING
+    variant: str | None = MISSING
+    resolution: int = MISSING
+    vae: str | None = MISSING  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix
+    sampler: str = MISSING  # the family's default eval sampler (eval.scheduler reads it)
+    inference_steps: int = MISSING  # default sampler steps (eval.num_inference_steps reads it)
+    guidance_scale: float = MISSING  # CFG scale, or FLUX's distilled guidance (eval / class images)
+    max_sequence_length: int | None = MISSING  # T5 tokens (SD3, FLUX); null: the tokenizer's own
+    train_guidance: float = MISSING  # FLUX guidance-embedding value while training
 
 
 @dataclass
 class MethodConfig:
-    """What is trained (dreambooth_sweep/methods.py). Only the fields of the chosen method matter."""
+    """``conf/method/*.yaml`` (values: ``method/base.yaml``): what is trained, see methods.py."""
 
-    name: str = "dreambooth"  # dreambooth | lora | textual_inversion | ti_dreambooth
-    # LoRA (method=lora, and ti_dreambooth with phase2=lora)
-    rank: int = 4  # LoRA rank r (4 on SD-1.5 attention ≈ 3.2 MB, seed 2's file size)
-    alpha: float | None = None  # LoRA scale is alpha / rank; null: alpha = rank (scale 1)
-    dropout: float = 0.0  # dropout on the LoRA branch's input
-    # the denoiser's (UNet / transformer) layers; None: the family's default (diffusers' script's list)
-    unet_target_modules: list[str] | None = None
-    text_encoder_target_modules: list[str] = field(  # adapted when train.train_text_encoder=true
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"]
-    )
-    export_kohya: bool = False  # also write pytorch_lora_weights_kohya.safetensors (A1111/ComfyUI key names)
-    # Textual inversion (method=textual_inversion, and phase 1 of ti_dreambooth); data.identifier is the new token
-    num_vectors: int = 1  # embedding vectors of the new token: <tok>, <tok>_1, ... (prompts just say <tok>)
-    initializer_token: str | None = None  # one-token word the new vectors start from; null: data.class_noun
-    ti_lr: float = 5e-4  # embedding learning rate (train.lr is the UNet's)
-    # TI → DreamBooth (method=ti_dreambooth): train.max_steps = ti_steps + DreamBooth steps
-    ti_steps: int = 0  # textual-inversion steps before DreamBooth starts
-    phase2: str = "full"  # full (every UNet weight) | lora
+    name: str = MISSING
+    rank: int = MISSING
+    alpha: float | None = MISSING
+    dropout: float = MISSING
+    unet_target_modules: list[str] | None = MISSING  # None: the family's default
+    text_encoder_target_modules: list[str] = MISSING
+    export_kohya: bool = MISSING
+    num_vectors: int = MISSING
+    initializer_token: str | None = MISSING
+    ti_lr: float = MISSING
+    ti_templates: str = MISSING
+    ti_steps: int = MISSING
+    phase2: str = MISSING
 
 
 @dataclass
 class DataConfig:
-    instance_dir: str = MISSING  # folder of subject photos (jpg/png/webp)
-    identifier: str = "sks"  # rare token that names the subject ({V} in DreamBench prompts)
-    class_noun: str = MISSING  # what the subject is ({C}): dog, toy, figurine, person
-    instance_prompt: str = "a photo of ${.identifier} ${.class_noun}"
-    kind: str = "object"  # object | live: which DreamBench prompt set fits the subject
-    resolution: int = "${model.resolution}"  # type: ignore[assignment]  # square training size in px
-    center_crop: bool = True  # center crop (deterministic) or random crop
-    random_flip: bool = False  # horizontal flip augmentation
-    max_images: int | None = None  # use only the first N images (sorted by name): dataset-size studies
-    generate_demo: bool = False  # write the synthetic demo subject into instance_dir when it is missing
+    """``conf/data/*.yaml`` (values: ``data/base.yaml``): the subject photos and prompts."""
+
+    instance_dir: str = MISSING
+    identifier: str = MISSING
+    class_noun: str = MISSING
+    instance_prompt: str = MISSING
+    kind: str = MISSING
+    resolution: int = MISSING
+    center_crop: bool = MISSING
+    random_flip: bool = MISSING
+    max_images: int | None = MISSING
+    generate_demo: bool = MISSING
+    instance_dirs: list[str] = MISSING
+    repeats: int = MISSING
+    captions: bool = MISSING
+    insert_identifier: bool = MISSING
+    caption_dropout: float = MISSING
+    buckets: bool = MISSING
+    bucket_step: int = MISSING
+    bucket_max_aspect: float = MISSING
+    mask_loss_weight: float | None = MISSING
 
 
 @dataclass
 class PriorConfig:
-    enabled: bool = False  # prior preservation loss (class images generated by the base model)
-    class_prompt: str | None = None  # e.g. "a photo of dog"; required when enabled
-    num_class_images: int = 100  # generated once per (model, prompt, resolution, count, seed), then cached
-    loss_weight: float = 1.0  # weight of the prior loss against the instance loss
-    class_dir: str | None = None  # use/extend this folder instead of the shared cache
-    gen_batch_size: int = 4  # batch size when generating class images
-    gen_num_inference_steps: int = 50  # sampler steps for class images
-    gen_guidance_scale: float = 7.5
-    gen_seed: int = 0  # part of the cache key
+    """``conf/prior/*.yaml`` (values: ``prior/base.yaml``): prior preservation."""
+
+    enabled: bool = MISSING
+    class_prompt: str | None = MISSING
+    num_class_images: int = MISSING
+    loss_weight: float = MISSING
+    class_dir: str | None = MISSING
+    gen_batch_size: int = MISSING
+    gen_num_inference_steps: int = MISSING
+    gen_guidance_scale: float = MISSING
+    gen_seed: int = MISSING
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    lr: float = 2e-6  # UNet learning rate (per step; scale_lr multiplies it by the effective batch)
-    scale_lr: bool = False
-    max_steps: int = 400  # optimizer steps
-    batch_size: int = 1  # instance examples per device per micro-batch (class examples are added on top)
-    gradient_accumulation_steps: int = 1
-    lr_scheduler: str = (
-        "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
-    )
-    lr_warmup_steps: int = 0
-    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes; CUDA)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    gradient_checkpointing: bool = False
-    use_ema: bool = False  # keep an EMA copy of the UNet; evaluated and saved instead of the raw weights
-    ema_decay: float = 0.9999
-    train_text_encoder: bool = False
-    text_encoder_lr: float | None = None  # defaults to lr
-    text_encoder_steps: int | None = None  # stop training the text encoder after N steps (None: all steps)
-    snr_gamma: float | None = None  # Min-SNR-γ loss weighting (5.0 is the paper's value); None: plain MSE
-    noise_offset: float = 0.0  # offset noise strength (0.1 is common); 0: off
-    checkpoint_every_n_steps: int = 0  # full training state for exact resume; 0: off
-    checkpoints_total_limit: int | None = 2  # keep only the newest N checkpoints
-    resume_from: str | None = None  # checkpoint dir, or "latest" (newest in this run's output dir)
-    save_final: bool = True  # save the final weights (diffusers format) under <output_dir>/model
-    enable_xformers: bool = False  # xformers memory-efficient attention (CUDA)
-    num_threads: int | None = None  # torch CPU threads; None: number of cores (never oversubscribed)
-    dataloader_workers: int = 0
-    # Work done once (dreambooth_sweep/caches.py); each switch exists for equivalence tests and debugging.
-    cache_latents: bool = True  # VAE latents per fixed view (center crop, ± flip); random crops: off
-    cache_text_embeddings: bool = True  # text-encoder output while the text encoder does not train
-    cache_base_model: bool = True  # keep a pristine copy of the base model for the next trial in this process
-    # Flow matching (SD3, FLUX): diffusers' compute_density_for_timestep_sampling / loss weighting
-    weighting_scheme: str = "none"  # none | sigma_sqrt | logit_normal | mode | cosmap
-    logit_mean: float = 0.0  # logit_normal: mean
-    logit_std: float = 1.0  # logit_normal: std
-    mode_scale: float = 1.29  # mode: scale
+    """``conf/train/default.yaml``: optimisation, precision, checkpoints, caches."""
+
+    seed: int = MISSING
+    lr: float = MISSING
+    scale_lr: bool = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    gradient_accumulation_steps: int = MISSING
+    lr_scheduler: str = MISSING
+    lr_warmup_steps: int = MISSING
+    optimizer: str = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_weight_decay: float = MISSING
+    adam_epsilon: float = MISSING
+    max_grad_norm: float = MISSING
+    mixed_precision: str = MISSING
+    gradient_checkpointing: bool = MISSING
+    use_ema: bool = MISSING
+    ema_decay: float = MISSING
+    train_text_encoder: bool = MISSING
+    text_encoder_lr: float | None = MISSING
+    text_encoder_steps: int | None = MISSING
+    snr_gamma: float | None = MISSING
+    noise_offset: float = MISSING
+    checkpoint_every_n_steps: int = MISSING
+    checkpoints_total_limit: int | None = MISSING
+    resume_from: str | None = MISSING
+    save_final: bool = MISSING
+    enable_xformers: bool = MISSING
+    num_threads: int | None = MISSING
+    dataloader_workers: int = MISSING
+    cache_latents: bool = MISSING
+    cache_text_embeddings: bool = MISSING
+    cache_base_model: bool = MISSING
+    weighting_scheme: str = MISSING  # flow matching (SD3, FLUX): timestep density / loss weighting
+    logit_mean: float = MISSING
+    logit_std: float = MISSING
+    mode_scale: float = MISSING
 
 
 @dataclass
 class ObjectiveConfig:
-    metric: str = "eval/dino"  # subject fidelity term
-    prompt_metric: str = "eval/clip_t"  # prompt fidelity term, compared with its step-0 baseline
-    penalty: float = 2.0  # λ: how much each unit of lost prompt fidelity costs
-    tolerance: float = 0.01  # loss of prompt fidelity allowed for free
+    """``eval.objective`` in ``conf/eval/default.yaml``: the sweet-spot score (objective.py)."""
+
+    metric: str = MISSING
+    prompt_metric: str = MISSING
+    penalty: float = MISSING
+    tolerance: float = MISSING
 
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True
-    every_n_steps: int = 100  # also at step 0 (base model baseline) and at the last step
-    scheduler: str = (
-        "${model.sampler}"  # ddim | pndm | lms | dpm++ | euler | euler_a | unipc | ddpm | flow_euler
-    )
-    num_inference_steps: int = "${model.inference_steps}"  # type: ignore[assignment]
-    guidance_scale: float = "${model.guidance_scale}"  # type: ignore[assignment]
-    prompts: str = "dreambench_${data.kind}"  # dreambench_object | dreambench_live | custom
-    custom_prompts: list[str] = field(default_factory=list)  # with {V} and {C} placeholders
-    num_prompts: int | None = 4  # prompts at intermediate checkpoints (deterministic subset); all at the last
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    batch_size: int = 8  # images per generation batch
-    resolution: int = "${data.resolution}"  # type: ignore[assignment]
-    metrics: list[str] = field(default_factory=lambda: ["dino", "clip_i", "clip_t", "pres", "div", "mem"])
-    clip_model: str = "openai/clip-vit-base-patch32"  # hub id, local dir, or "tiny"
-    dino_model: str = "facebook/dino-vits16"  # hub id, local dir, or "tiny"
-    class_prompt_images: int = 4  # images of the plain class prompt for PRES
-    reuse_base_samples: bool = True  # trials in one process sample the (same) step-0 base model once
+    """``conf/eval/*.yaml`` (values: ``eval/default.yaml``): checkpoint sampling and metrics."""
+
+    enabled: bool = MISSING
+    every_n_steps: int = MISSING
+    scheduler: str = MISSING
+    num_inference_steps: int = MISSING
+    guidance_scale: float = MISSING
+    prompts: str = MISSING
+    custom_prompts: list[str] = MISSING
+    num_prompts: int | None = MISSING
+    seeds: list[int] = MISSING
+    batch_size: int = MISSING
+    resolution: int = MISSING
+    metrics: list[str] = MISSING
+    clip_model: str = MISSING
+    dino_model: str = MISSING
+    dino_preprocess: str = MISSING
+    class_prompt_images: int = MISSING
+    reuse_base_samples: bool = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 @dataclass
 class TrackingConfig:
-    backend: str = "mlflow"  # mlflow | none
-    uri: str | None = None  # None: sqlite file under paths.log_dir; or http://host:5000, postgresql://...
-    experiment: str = "dreambooth-sweep"
-    run_name: str | None = None
-    log_every_n_steps: int = 10  # train/loss and train/lr throttle
-    log_model: bool = False  # upload the full model dir (LoRA/TI files are always logged)
+    """``conf/tracking/*.yaml`` (values: ``tracking/mlflow.yaml``): MLflow or none."""
+
+    backend: str = MISSING
+    uri: str | None = MISSING
+    experiment: str = MISSING
+    run_name: str | None = MISSING
+    log_every_n_steps: int = MISSING
+    log_model: bool = MISSING
 
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "${oc.env:DREAMBOOTH_SWEEP_ROOT,.}"  # project root; everything below derives from it
-    data_dir: str = "${.root_dir}/data"  # demo subjects, user subjects
-    log_dir: str = "${.root_dir}/outputs"  # Hydra run dirs, MLflow and Optuna stores
-    cache_dir: str = "${.root_dir}/.cache"  # tiny models, class-image cache
-    output_dir: str | None = None  # this run's dir; None: Hydra's run dir (or a timestamped dir)
+    """``conf/paths/default.yaml``: every path derives from ``root_dir``."""
+
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str | None = MISSING
 
 
 @dataclass
@@ -224,6 +249,8 @@ class SweepContext:
 
 @dataclass
 class RunConfig:
+    """The whole run: ``conf/train.yaml`` composes one option of each group onto this schema."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -233,13 +260,30 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sweep: SweepContext = field(default_factory=SweepContext)
-    task_name: str = "train"
+    task_name: str = MISSING
 
 
 def register_configs() -> None:
     """Register the run schema so ``conf/train.yaml`` can put it first in its defaults list."""
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app, as the entry point would.
+
+    The way to get a run config in code (tests, benchmarks, notebooks): the schema has no values of
+    its own, so ``OmegaConf.structured(RunConfig)`` is all ``???``. The ``hydra`` node is left out.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from dreambooth_sweep.runtime import conf_dir
+
+    register_configs()
+    if config_name == "evaluate":
+        import dreambooth_sweep.evaluate  # noqa: F401  (registers evaluate_schema)
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
 
 
 def _fail(problem: str, fix: str) -> None:
@@ -298,6 +342,38 @@ def _validate_method(m: Any, t: Any) -> None:
             )
 
 
+TI_TEMPLATE_SETS = ("none", "object", "style")
+
+
+def _validate_data(d: Any, m: Any) -> None:
+    if d.repeats < 1:
+        _fail(f"data.repeats={d.repeats} must be 1 or more", "use e.g. data.repeats=1")
+    if not 0 <= d.caption_dropout < 1:
+        _fail(f"data.caption_dropout={d.caption_dropout} must be in [0, 1)", "use e.g. 0.1, or 0 to turn off")
+    if d.bucket_step <= 0 or d.bucket_step % 8:
+        _fail(f"data.bucket_step={d.bucket_step} must be a positive multiple of 8", "use 64 (kohya, SDXL)")
+    if d.buckets and d.bucket_step > d.resolution:
+        _fail(
+            f"data.bucket_step={d.bucket_step} is larger than data.resolution={d.resolution}",
+            "use a smaller step, e.g. data.bucket_step=16 for model=tiny",
+        )
+    if not d.bucket_max_aspect >= 1:
+        _fail(f"data.bucket_max_aspect={d.bucket_max_aspect} must be 1 or more", "use e.g. 4.0")
+    if d.mask_loss_weight is not None and not 0 <= d.mask_loss_weight <= 1:
+        _fail(
+            f"data.mask_loss_weight={d.mask_loss_weight} must be in [0, 1]",
+            "use e.g. 0.1 (background weighs a tenth), or null to ignore masks",
+        )
+    templates = m.get("ti_templates", "none")
+    if templates not in TI_TEMPLATE_SETS:
+        _fail(f"unknown method.ti_templates={templates!r}", f"choose one of {', '.join(TI_TEMPLATE_SETS)}")
+    if templates != "none" and m.name != "textual_inversion":
+        _fail(
+            f"method.ti_templates={templates} is for method=textual_inversion, not {m.name}",
+            "set method.ti_templates=none",
+        )
+
+
 def validate(cfg: DictConfig | Any) -> None:
     """Check flag combinations and ranges up front, before anything is loaded or trained."""
     t, p, d = cfg.train, cfg.prior, cfg.data
@@ -340,10 +416,17 @@ def validate(cfg: DictConfig | Any) -> None:
         )
     if d.max_images is not None and d.max_images <= 0:
         _fail(f"data.max_images={d.max_images} must be positive", "use null for all images")
+    _validate_data(d, cfg.method)
     if not str(d.identifier).strip():
         _fail("data.identifier is empty", "set a rare word, e.g. data.identifier=sks")
     if p.enabled:
-        if not p.class_prompt:
+        if not str(d.class_noun or "").strip():
+            # prior/on builds the class prompt from it: "a photo of " would be trained on and cached
+            _fail(
+                "prior preservation is on but data.class_noun is empty",
+                "name what the subject is, e.g. data.class_noun=dog (it also forms prior.class_prompt)",
+            )
+        if not str(p.class_prompt or "").strip():
             _fail(
                 "prior preservation is on but prior.class_prompt is empty",
                 "set prior.class_prompt='a photo of dog'",
@@ -361,6 +444,11 @@ def validate(cfg: DictConfig | Any) -> None:
         _fail(
             f"unknown train.weighting_scheme={t.weighting_scheme!r}",
             f"choose one of {', '.join(WEIGHTING_SCHEMES)}",
+        )
+    if cfg.eval.get("dino_preprocess", "dino_eval") not in DINO_PREPROCESS:
+        _fail(
+            f"unknown eval.dino_preprocess={cfg.eval.dino_preprocess!r}",
+            f"choose one of {', '.join(DINO_PREPROCESS)}",
         )
     if cfg.eval.enabled and cfg.eval.every_n_steps <= 0:
         _fail(f"eval.every_n_steps={cfg.eval.every_n_steps} must be positive", "or set eval.enabled=false")

@@ -96,7 +96,7 @@ def make_demo_data(
             toy = toy.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         toy = toy.rotate(float(rng.uniform(-30, 30)), resample=Image.Resampling.BICUBIC, expand=True)
         slack_x, slack_y = max(0, size - toy.width), max(0, size - toy.height)
-        # keep the subject roughly centred, as seed 2 advises for real photos
+        # keep the subject roughly centred, as the LoRA walk-through advises for real photos
         x = int(slack_x / 2 + rng.uniform(-0.35, 0.35) * slack_x)
         y = int(slack_y / 2 + rng.uniform(-0.35, 0.35) * slack_y)
         canvas.paste(toy, (x, y), toy)

@@ -14,7 +14,11 @@ last step. Each call
    scored on that subset, so the curve and the best step compare like with like, and ``eval_all/*``
    (every prompt: the DreamBench protocol) is added at step 0 and at the end;
 3. writes ``samples/step_XXXXXX.png`` (grid) and ``samples/step_XXXXXX/`` (each image, ``prompts.json``,
-   ``class/``), which ``python -m dreambooth_sweep.metrics --generated DIR`` can rescore.
+   ``class/``, ``scoring.json``), which ``dreambooth-sweep score --generated DIR`` rescores to the
+   logged numbers.
+
+``checkpoints.dir=DIR`` scores every checkpoint in a folder instead, any trainer's
+(:mod:`dreambooth_sweep.checkpoints`; ``dreambooth-sweep score-checkpoints DIR``).
 
 Eval-only mode scores saved weights (a trained model folder, a LoRA file or a textual-inversion
 embedding) without training::
@@ -43,11 +47,13 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
+from dreambooth_sweep.checkpoints.config import CheckpointsConfig, ScoringEvalConfig
 from dreambooth_sweep.config import ConfigError, RunConfig, register_configs, validate
-from dreambooth_sweep.metrics import MetricSuite
+from dreambooth_sweep.images import open_image
+from dreambooth_sweep.metrics import MetricSuite, scoring_record, write_scoring_record
 from dreambooth_sweep.models import Components, build_pipeline
 from dreambooth_sweep.objective import sweet_spot_score
 from dreambooth_sweep.prompts import eval_prompts, subset_indices
@@ -72,6 +78,8 @@ MAX_CELL = 256
 LABEL_W = 200
 TITLE_H = 24
 GAP = 4
+TILE_GAP = 4  # white space between sample tiles, so neighbouring images never run into each other
+COL_LABEL_H = 14  # the strip above the samples naming each column's seed
 MAX_REF_ROWS = 2
 
 
@@ -80,18 +88,19 @@ MAX_REF_ROWS = 2
 
 @dataclass
 class WeightsConfig:
-    """Trained weights to evaluate in eval-only mode; all empty evaluates the base model alone."""
+    """``weights`` in ``conf/evaluate.yaml``: trained weights to score; all null scores the base model."""
 
-    model_dir: str | None = None  # diffusers folder with unet/ [text_encoder/ tokenizer/]: <run>/model
-    lora: str | None = None  # LoRA file (pytorch_lora_weights.safetensors) or the folder holding it
-    embedding: str | None = None  # textual-inversion embedding file (learned_embeds.safetensors / .bin)
-    token: str | None = None  # token of the embedding; null: the one stored in the file
+    model_dir: str | None = MISSING
+    lora: str | None = MISSING
+    embedding: str | None = MISSING
+    token: str | None = MISSING
 
 
 @dataclass
 class EvaluateConfig(RunConfig):
     weights: WeightsConfig = field(default_factory=WeightsConfig)
-    task_name: str = "evaluate"
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)  # a folder of checkpoints
+    eval: ScoringEvalConfig = field(default_factory=ScoringEvalConfig)  # + eval.lora_scales
 
 
 def _register() -> None:
@@ -141,7 +150,7 @@ class EvalResult:
     metrics: dict[str, float]  # eval/* (fixed subset, eval/score included); eval_all/* at step 0 and the end
     grid: Image.Image
     grid_path: Path
-    sample_dir: Path  # the individual images, prompts.json and class/
+    sample_dir: Path  # the individual images, prompts.json, scoring.json and class/
     prompts: list[str]
 
 
@@ -185,6 +194,13 @@ class Evaluator:
         self.instance_images = list(instance_images)
         self.sample_root = Path(output_dir) / "samples"
         self.suite = MetricSuite(cfg.eval, self.instance_images, cache_dir=cache_dir, device=device)
+        # eval.objective names paper metrics (eval/dino); with another backbone they follow its names.
+        self.objective = self.suite.objective(cfg.eval.objective)
+        self.scoring = {  # samples/*/scoring.json: how to rescore a folder to the logged numbers
+            "identifier": self.identifier,
+            "real_dir": cfg.data.instance_dir,
+            "real_max_images": cfg.data.get("max_images"),
+        }
         # Step-0 images per prompt index (and its class images): the baseline of every later subset.
         self._base_images: dict[int, list[Image.Image]] | None = None
         self._base_class: list[Image.Image] = []
@@ -219,12 +235,19 @@ class Evaluator:
 
         stem = ctx.label or f"step_{ctx.step:06d}"
         sample_dir = self._save_samples(self.sample_root / stem, samples, class_images)
+        # Column labels name the prompts' seeds; the class-prompt row draws seeds 0..n-1 (see _generate jobs).
+        columns = [f"seed {seed}" for seed in self.seeds]
+        columns += [f"seed {c}" for c in range(len(columns), self.num_class)]
+        class_label = f"class prompt (PRES): {self.class_prompt}"
+        if self.num_class and list(self.seeds) != list(range(len(self.seeds))):
+            class_label += f" (seeds 0-{self.num_class - 1})"
         grid = make_grid(
             [(self.prompts[i], samples[i]) for i in indices]
-            + ([(f"class prompt (PRES): {self.class_prompt}", class_images)] if class_images else []),
+            + ([(class_label, class_images)] if class_images else []),
             title=self._title(ctx),
             reference=self.instance_images,
             cell=min(int(self.eval_cfg.resolution), MAX_CELL),
+            col_labels=columns,
         )
         grid_path = self.sample_root / f"{stem}.png"
         grid.save(grid_path)
@@ -245,9 +268,7 @@ class Evaluator:
         key = tuple(indices)
         if base:  # step 0 is its own baseline
             self._baselines[key] = dict(metrics)
-        metrics["eval/score"] = sweet_spot_score(
-            metrics, self._baseline(key, metrics), self.eval_cfg.objective
-        )
+        metrics["eval/score"] = sweet_spot_score(metrics, self._baseline(key, metrics), self.objective)
         return metrics
 
     # -- generation
@@ -364,11 +385,11 @@ class Evaluator:
             files = [folder / _sample_name(i, seed) for seed in self.seeds]
             if not all(names.get(f.name) == prompt and f.exists() for f in files):
                 return  # other prompts or seeds than this run's: no usable baseline
-            found[i] = [Image.open(f).convert("RGB") for f in files]
+            found[i] = [open_image(f) for f in files]
         class_files = [folder / "class" / f"{seed}.png" for seed in range(self.num_class)]
         if not all(f.exists() for f in class_files):
             return
-        self._base_class = [Image.open(f).convert("RGB") for f in class_files]
+        self._base_class = [open_image(f) for f in class_files]
         self._base_images = found
         log.info("baseline: step-0 samples read back from %s", folder)
 
@@ -391,6 +412,8 @@ class Evaluator:
                 image.save(folder / "class" / f"{seed}.png")
             class_names = {f"{seed}.png": self.class_prompt for seed in range(len(class_images))}
             (folder / "class" / "prompts.json").write_text(json.dumps(class_names, indent=2))
+        class_dir = "class" if class_images else None
+        write_scoring_record(folder, scoring_record(self.suite, **self.scoring, class_dir=class_dir))
         return folder
 
     def _title(self, ctx: EvalContext) -> str:
@@ -439,22 +462,29 @@ def make_grid(
     title: str,
     reference: Sequence[Image.Image] = (),
     cell: int = 128,
+    col_labels: Sequence[str] = (),
+    gap: int = TILE_GAP,
 ) -> Image.Image:
-    """A labelled sample grid: title, a strip of reference photos, then one row per prompt.
+    """A labelled sample grid: title, a strip of reference photos, column labels, then one row per prompt.
 
-    Layout: width ``LABEL_W + cols·cell``; height ``TITLE_H + ref_rows·(cell//2) + GAP + len(rows)·cell``
-    where ``cols`` is the longest row and the reference strip holds ``2·cols`` photos per row, at most
-    ``MAX_REF_ROWS`` rows (``ref_rows`` is 0 without reference photos).
+    Layout: width ``LABEL_W + cols·cell + (cols-1)·gap``; height ``TITLE_H + ref_rows·(cell//2) + GAP
+    + head + len(rows)·cell + (len(rows)-1)·gap`` where ``cols`` is the longest row, ``head`` is
+    ``COL_LABEL_H`` when ``col_labels`` are given (one per column, e.g. ``seed 0``) and 0 otherwise,
+    and the reference strip holds as many half-cell photos per row as fit the samples' width, at most
+    ``MAX_REF_ROWS`` rows (``ref_rows`` is 0 without reference photos). Tiles are ``gap`` pixels apart
+    on the white background.
     """
     font = ImageFont.load_default()
     cols = max((len(images) for _, images in rows), default=1)
+    inner = cols * cell + (cols - 1) * gap
     thumb = max(cell // 2, 1)
-    per_ref_row = max(1, (cols * cell) // thumb)
+    per_ref_row = max(1, inner // thumb)
     ref_rows = min(MAX_REF_ROWS, math.ceil(len(reference) / per_ref_row))
     shown = list(reference)[: ref_rows * per_ref_row]
     ref_h = ref_rows * thumb
-    width = LABEL_W + cols * cell
-    height = TITLE_H + ref_h + GAP + len(rows) * cell
+    head = COL_LABEL_H if col_labels else 0
+    width = LABEL_W + inner
+    height = TITLE_H + ref_h + GAP + head + len(rows) * cell + max(len(rows) - 1, 0) * gap
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     line_h = font.getbbox("Ag")[3] + 3
@@ -469,12 +499,17 @@ def make_grid(
             grid.paste(_fit(image, thumb), (LABEL_W + c * thumb, TITLE_H + r * thumb))
     top = TITLE_H + ref_h + GAP
     draw.line([(0, top - GAP // 2), (width, top - GAP // 2)], fill=(160, 160, 160), width=1)
+    for c, text in enumerate(list(col_labels)[:cols]):
+        line = _wrap(text, font, cell - 4, 1)[0]
+        x = LABEL_W + c * (cell + gap) + max(0, (cell - int(font.getlength(line))) // 2)
+        draw.text((x, top + (head - line_h) // 2 + 1), line, fill=(90, 90, 90), font=font)
+    top += head
     for r, (label, images) in enumerate(rows):
-        y = top + r * cell
+        y = top + r * (cell + gap)
         for k, line in enumerate(_wrap(label, font, LABEL_W - 8, max(1, (cell - 4) // line_h))):
             draw.text((4, y + 2 + k * line_h), line, fill="black", font=font)
         for c, image in enumerate(images):
-            grid.paste(_fit(image, cell), (LABEL_W + c * cell, y))
+            grid.paste(_fit(image, cell), (LABEL_W + c * (cell + gap), y))
     return grid
 
 
@@ -553,6 +588,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from dreambooth_sweep.data import load_instance_images
     from dreambooth_sweep.models import load_components
 
+    if cfg.get("checkpoints") is not None and cfg.checkpoints.dir:
+        if _has_weights(cfg.weights):
+            raise ConfigError(
+                "checkpoints.dir and weights.* are both set: score a folder or one set of weights"
+            )
+        from dreambooth_sweep.checkpoints.score import run_scoring
+
+        return run_scoring(cfg)
     validate(cfg)
     cfg = copy.deepcopy(cfg)
     cfg.eval.num_prompts = None  # one final-style evaluation: eval/* over every prompt

@@ -571,6 +571,16 @@ class Method:
             text = ph.part.prompt(text)
         return text
 
+    def save_checkpoint_files(self, folder: Path, live: dict[str, Any]) -> list[str]:
+        """The small weight files (LoRA, embedding) into a training checkpoint, as diffusers' scripts do,
+        so any checkpoint loads with ``load_lora_weights`` / ``load_textual_inversion`` (and
+        ``score-checkpoints`` scores it); full weights are in the training state already."""
+        files: list[str] = []
+        for ph in self.phases:
+            if not isinstance(ph.part, FullWeights):
+                files += ph.part.save(folder, self.comps, live)
+        return files
+
     def save(self, folder: Path, live: dict[str, Any]) -> list[str]:
         """Every part's final weights into ``folder`` (``live``: the unwrapped modules by pipeline
         name); returns the small weight files (tracked always)."""

@@ -8,7 +8,6 @@ two sets share the first ten (scenes) and the last five (properties) and differ 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from dreambooth_sweep.config import ConfigError
@@ -19,7 +18,6 @@ __all__ = [
     "PROMPT_SETS",
     "eval_prompts",
     "fill",
-    "subset",
     "subset_indices",
 ]
 
@@ -111,7 +109,11 @@ def eval_prompts(eval_cfg: Any, identifier: str, class_noun: str) -> list[str]:
 
 
 def subset_indices(length: int, n: int | None) -> list[int]:
-    """Indices of :func:`subset`: ``n`` evenly spaced positions in ``range(length)``."""
+    """``n`` evenly spaced positions in ``range(length)``, the same ones every call (checkpoints compare).
+
+    With DreamBench's ordering (scenes, accessories/scenes, properties) even spacing picks from every
+    part of the list. ``n`` None, or at least ``length``, keeps everything.
+    """
     if n is None or n >= length:
         return list(range(length))
     if n <= 0:
@@ -119,13 +121,3 @@ def subset_indices(length: int, n: int | None) -> list[int]:
     # Centre of each of n equal bins: for 25 prompts and n=4 → 3, 9, 15, 21 (a scene, a scene, an
     # accessory/scene, a property), so a small subset still touches every part of DreamBench.
     return [(2 * i + 1) * length // (2 * n) for i in range(n)]
-
-
-def subset(prompts: Sequence[str], n: int | None) -> list[str]:
-    """``n`` evenly spaced prompts, the same ones every call (so checkpoints stay comparable).
-
-    With DreamBench's ordering (scenes, accessories/scenes, properties) even spacing picks from
-    every part of the list. ``n`` None, or at least the list length, keeps everything.
-    """
-    prompts = list(prompts)
-    return [prompts[i] for i in subset_indices(len(prompts), n)]

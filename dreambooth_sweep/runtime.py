@@ -6,6 +6,7 @@ state around an evaluation, and the Hydra entry wrapper that turns errors into o
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
@@ -104,19 +105,45 @@ def untouched_training_state(*modules: torch.nn.Module) -> Iterator[None]:
         set_rng_state(rng)
 
 
+def _log_to_files(level: int, message: str, exc_info: bool = False) -> None:
+    """Write ``message`` into the run's log files (Hydra's ``<run dir>/train.log``) only: the console
+    gets its own line from the caller, so the terminal shows the error once."""
+    logger = logging.getLogger("dreambooth_sweep")
+    record = logger.makeRecord(
+        logger.name, level, __file__, 0, message, None, sys.exc_info() if exc_info else None
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> dict[str, float]:
     """The body of a ``@hydra.main``: run ``task``; a :class:`ConfigError` ends a single run as one
-    ``error:`` line and exit 2, while in a sweep it propagates so the sweeper records the failed job."""
+    ``error:`` line and exit 2, while in a sweep it propagates so the sweeper records the failed job.
+
+    Either way the error is also written to the run's log file, so a failed run's folder says why.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
-        return task(cfg)
+        try:
+            return task(cfg)
+        except MissingMandatoryValue as exc:  # a required value (??? in its YAML) nobody gave
+            key = exc.full_key
+            raise ConfigError(
+                f"{key} has no value: set it, e.g. {key}=<value> (`--cfg job` prints every key)"
+            ) from exc
     except ConfigError as exc:
+        _log_to_files(logging.ERROR, f"error: {exc}")
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # a bug or a library error: its traceback goes to the console as usual
+        _log_to_files(logging.ERROR, f"failed: {type(exc).__name__}: {exc}", exc_info=True)
+        raise
 
 
 def run_hydra_entry(main: Any, entry: str) -> None:

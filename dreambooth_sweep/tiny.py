@@ -1,7 +1,7 @@
 """Tiny random-weight models built offline, saved in the same formats as the real ones.
 
 Nothing here can reach a model hub, so tests and the demo train and score a *tiny* Stable Diffusion,
-CLIP and DINO with random weights. Each is written with ``save_pretrained`` into a folder and then
+CLIP, DINO, DINOv2 and SigLIP with random weights. Each is written with ``save_pretrained`` into a folder and then
 loaded back through the very ``from_pretrained`` code a hub id takes, so the loading path users run
 on SD-1.5 is the one the tests exercise.
 
@@ -21,9 +21,12 @@ from typing import Any
 __all__ = [
     "TINY_ID",
     "TINY_IDS",
+    "build_family",
     "build_random_sd15",
     "build_tiny_clip",
     "build_tiny_dino",
+    "build_tiny_dinov2",
+    "build_tiny_siglip",
     "build_tiny_sd",
     "ensure_tiny",
     "sd15_modules",
@@ -320,6 +323,70 @@ def build_tiny_dino(directory: str | os.PathLike[str], seed: int = 0, image_size
     return directory
 
 
+def build_tiny_dinov2(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:
+    """A random Dinov2Model (CLS token after the final layer norm) with DINOv2's image processor,
+    scaled down: resize the short side bicubic, center crop ``image_size``, ImageNet mean/std."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=2,
+    )
+    Dinov2Model(config).save_pretrained(directory, safe_serialization=True)
+    _write_image_processor(
+        directory,
+        "BitImageProcessor",
+        size={"shortest_edge": round(image_size * 256 / 224)},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        resample=3,
+    )
+    return directory
+
+
+def build_tiny_siglip(directory: str | os.PathLike[str], seed: int = 0, image_size: int = 32) -> Path:
+    """A random SiglipModel (image and text towers) with SigLIP's image processor (square bicubic
+    resize, mean/std 0.5) and this module's byte-level tokenizer, texts padded to 16 tokens."""
+    import torch
+    from transformers import CLIPTokenizer, SiglipConfig, SiglipModel
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    max_length = 16
+    vocab_size = write_clip_tokenizer(directory, model_max_length=max_length)
+    CLIPTokenizer.from_pretrained(directory)  # fail here, not later, if the files are unusable
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    text = dict(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_length,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        **tower,
+    )
+    config = SiglipConfig(text_config=text, vision_config=dict(image_size=image_size, patch_size=8, **tower))
+    SiglipModel(config).save_pretrained(directory, safe_serialization=True)
+    _write_image_processor(
+        directory,
+        "SiglipImageProcessor",
+        size={"height": image_size, "width": image_size},
+        mean=[0.5, 0.5, 0.5],
+        std=[0.5, 0.5, 0.5],
+        resample=3,
+    )
+    return directory
+
+
 def _write_image_processor(directory: Path, cls: str, *, mean, std, resample: int, **extra) -> None:
     config = {
         "image_processor_type": cls,
@@ -336,26 +403,28 @@ def _write_image_processor(directory: Path, cls: str, *, mean, std, resample: in
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
-def _family_builder(kind: str) -> Callable[..., Path]:
-    def build(directory: str | os.PathLike[str]) -> Path:
-        from dreambooth_sweep.families import tiny as family_tiny
+def build_family(kind: str, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """A tiny SDXL / SD3 / FLUX pipeline (``dreambooth_sweep.families.tiny``)."""
+    from dreambooth_sweep.families import tiny as family_tiny
 
-        return getattr(family_tiny, f"build_tiny_{kind}")(directory)
-
-    return build
+    return getattr(family_tiny, f"build_tiny_{kind}")(directory, **kwargs)
 
 
 _BUILDERS = {
     "sd": build_tiny_sd,
     "clip": build_tiny_clip,
     "dino": build_tiny_dino,
-    **{kind: _family_builder(kind) for kind in ("sdxl", "sd3", "flux")},
+    "dinov2": build_tiny_dinov2,
+    "siglip": build_tiny_siglip,
+    **{
+        kind: (lambda k: lambda directory: build_family(k, directory))(kind)
+        for kind in ("sdxl", "sd3", "flux")
+    },
 }
 
 
 def ensure_tiny(kind: str, cache_dir: str | os.PathLike[str]) -> Path:
-    """Path of the cached tiny ``kind`` model ("sd", "sdxl", "sd3", "flux", "clip" or "dino"), building
-    it the first time.
+    """Path of the cached tiny ``kind`` model (see ``_BUILDERS``), building it the first time.
 
     The build goes to a temporary sibling folder that is renamed into place, so concurrent workers
     never see a half-written model and a crash never leaves one behind.

@@ -51,7 +51,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dreambooth_sweep import data as data_lib
-from dreambooth_sweep.caches import BASE_MODELS, LatentCache, TextEmbeddingCache, encode_moments, trim_heap
+from dreambooth_sweep.caches import (
+    BASE_MODELS,
+    LatentCache,
+    TextEmbeddingCache,
+    encode_moments,
+    encode_rows,
+    trim_heap,
+)
 from dreambooth_sweep.config import ConfigError, register_configs, validate
 from dreambooth_sweep.files import atomic_replace_dir, remove_dir
 from dreambooth_sweep.methods import Method, build_method
@@ -242,7 +249,12 @@ def prepare_class_images(
     }
     with untouched_training_state(*(getattr(comps, n) for n in comps.module_names)):
         paths = data_lib.ensure_class_images(
-            folder, p.num_class_images, generate, batch_size=p.gen_batch_size, metadata=metadata
+            folder,
+            p.num_class_images,
+            generate,
+            batch_size=p.gen_batch_size,
+            metadata=metadata,
+            source=cfg.model.name,
         )
     if pipe is not None:  # sampling's scratch memory goes back before training allocates its own
         pipe = None
@@ -280,7 +292,10 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     t, p = cfg.train, cfg.prior
     out = resolve_output_dir(cfg)
     set_cpu_threads(t.num_threads)
-    instance_images = data_lib.load_instance_images(cfg.data)
+    # Captions, repeats, masks; the data check warns (never changes anything) and writes data_check.png.
+    instances = data_lib.check_run_data(cfg.data, out)
+    instance_images = [i.image for i in instances]
+    templates = data_lib.ti_templates(cfg, instances)  # method.ti_templates; refused with captions
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
     family = model_family(cfg.model, cfg.paths.cache_dir)  # model_index.json only: no weights yet
     family.check(cfg)  # methods, samplers and losses that do not fit this family
@@ -339,24 +354,33 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         )  # one per phase
 
         dataset = data_lib.DreamBoothDataset(
-            instance_images,
-            method.prompt(cfg.data.instance_prompt),  # multi-vector tokens spelled out
+            instances,
+            cfg.data.instance_prompt,
             None,
             cfg.data.resolution,
-            tokenize=lambda prompt: family.tokenize(comps, prompt),  # every tokenizer's ids in one row
             class_images=class_images,
             class_prompt=p.class_prompt,
             center_crop=cfg.data.center_crop,
             random_flip=cfg.data.random_flip,
             seed=t.seed,
+            caption_dropout=cfg.data.caption_dropout,
+            templates=templates,
+            prompt_fn=method.prompt,  # multi-vector tokens spelled out
+            tokenize=lambda prompt: family.tokenize(comps, prompt),  # every tokenizer's ids in one row
+            buckets=data_lib.dataset_buckets(cfg.data),
+            mask_loss_weight=cfg.data.mask_loss_weight,
         )
-        sampler = data_lib.EpochSampler(
-            len(dataset), t.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index
+        # One bucket per batch (with data.buckets); the order is a pure function of (seed, epoch).
+        sampler = data_lib.batch_sampler(
+            dataset,
+            t.batch_size,
+            t.seed,
+            num_replicas=accelerator.num_processes,
+            rank=accelerator.process_index,
         )
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=t.batch_size,
-            sampler=sampler,
+            batch_sampler=sampler,
             collate_fn=data_lib.collate,
             num_workers=t.dataloader_workers,
         )
@@ -402,11 +426,14 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         method.enter(global_step)  # the phase this step belongs to: which weights train now
 
         # 5. Evaluation hook and trial reporting.
-        reporter = TrialReporter.from_context(cfg.sweep)  # best score/step; pruning in an Optuna sweep
+        reporter = TrialReporter.from_context(cfg.sweep, run_dir=out)  # best score/step; pruning in a sweep
         if eval_hook is None and cfg.eval.enabled:
             from dreambooth_sweep.evaluate import Evaluator
 
             eval_hook = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
+        if getattr(eval_hook, "suite", None) is not None:
+            # How every eval/* number is scored (backbones, preprocessing, CLIP-T rule), beside the config.
+            tracker.log_params({"scoring": eval_hook.suite.protocol()})
         last_metrics: dict[str, float] = {}
 
         def evaluate(step: int, final: bool) -> None:
@@ -459,7 +486,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             # Step 0 is the untouched base model: the baseline every score is measured against, never a
             # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
             if step > 0 and score is not None and math.isfinite(score):
-                reporter.report(score, step, metrics)  # raises optuna.TrialPruned when the pruner says stop
+                # raises optuna.TrialPruned when the pruner says stop (never at the final evaluation)
+                reporter.report(score, step, metrics, final=final)
                 log.info(
                     "step %d: score %.4f (best %.4f at step %d)",
                     step,
@@ -523,20 +551,22 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                         return family.encode_prompt(comps, ids, encoders)
 
                     with accelerator.autocast():
-                        if method.text_encoder_active or text_cache is None:
+                        if method.text_encoder_active:
                             if text_cache is not None:
                                 text_cache.clear()  # its weights move in this step: cached states go stale
-                            with nullcontext() if method.text_encoder_active else torch.no_grad():
-                                cond = encode()
-                        else:  # frozen text encoders, same prompt ids every step: encoded once
+                            cond = encode()
+                        else:  # frozen: each distinct prompt (caption) encoded alone, cached or not
                             with torch.no_grad():
-                                cond = text_cache.get(batch["input_ids"], encode)
+                                cond = encode_rows(input_ids, encode, text_cache)
                         pred = family.predict(net, comps, noised, cond, batch)
                     # Per-example loss, so Min-SNR weights and the instance/class split line up example by example.
-                    squared = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
+                    per_element = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
                     if noised.weighting is not None:  # flow matching's loss weighting (1 for "none")
-                        squared = noised.weighting.float() * squared
-                    per_example = squared.mean(dim=tuple(range(1, squared.ndim)))
+                        per_element = noised.weighting.float() * per_element
+                    weights = data_lib.latent_weights(batch["masks"], latents.shape[-2:], device)
+                    if weights is not None:  # masks: background pixels weigh data.mask_loss_weight
+                        per_element = per_element * weights
+                    per_example = per_element.mean(dim=tuple(range(1, per_element.ndim)))
                     if t.snr_gamma is not None:
                         per_example = per_example * family.min_snr_weights(comps, noised, t.snr_gamma)
                     if p.enabled:
@@ -582,6 +612,9 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             noise_gen,
                             t.checkpoints_total_limit,
                             method.text_encoder_active,
+                            weights=lambda folder: method.save_checkpoint_files(
+                                folder, _unwrapped(accelerator, family.denoiser, denoiser, encoders)
+                            ),
                         )
                 is_last = global_step >= t.max_steps
                 if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
@@ -616,6 +649,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         tracker.log_summary({"best/score": results["objective"], "best/step": results["best_step"], **perf})
         if accelerator.is_main_process:
             (out / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+            reporter.write_state("COMPLETE", global_step)
         accelerator.end_training()
     log.info("done: results in %s (metrics.json, samples/, model/)", out)
     return results
@@ -662,9 +696,16 @@ def _ema_weights(ema: Any, denoiser: torch.nn.Module) -> Iterator[None]:
 
 
 def _save_checkpoint(
-    accelerator: Any, out: Path, step: int, noise_gen: torch.Generator, limit: int | None, te_active: bool
+    accelerator: Any,
+    out: Path,
+    step: int,
+    noise_gen: torch.Generator,
+    limit: int | None,
+    te_active: bool,
+    weights: Callable[[Path], Any] | None = None,
 ) -> None:
-    """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically."""
+    """Full training state (weights, optimizer, lr schedule, EMA, RNG) written atomically, with the
+    method's own weight files (``weights(folder)``: LoRA, embedding) beside it."""
     root = out / "checkpoints"
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
@@ -678,6 +719,8 @@ def _save_checkpoint(
             (tmp / "trainer_state.json").write_text(
                 json.dumps({"global_step": step, "text_encoder_active": te_active})
             )
+            if weights is not None:
+                weights(tmp)
     accelerator.wait_for_everyone()  # all of it is in tmp before it becomes the checkpoint
     if accelerator.is_main_process:
         atomic_replace_dir(tmp, final)

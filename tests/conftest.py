@@ -44,6 +44,38 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def tiny_overrides(
+    root: Path,
+    cache_dir: Path,
+    demo_dir: Path,
+    *extra: str,
+    steps: int = 4,
+    evaluate: bool = False,
+    tracking: bool = False,
+    output_dir: Path | None = None,
+) -> list[str]:
+    """Overrides of a seconds-long CPU run of the real training app, the one list every test starts from.
+
+    Tiny random-weight model and metric models from the session ``cache_dir``, the session's demo
+    subject, an lr large enough to move random weights, files under ``root``. ``extra`` overrides come
+    last and win (Hydra applies overrides in order).
+    """
+    base = [
+        "model=tiny",
+        "eval=tiny",
+        f"eval.enabled={str(evaluate).lower()}",
+        *([] if tracking else ["tracking=none"]),
+        f"paths.root_dir={root}",
+        f"paths.cache_dir={cache_dir}",
+        *([f"paths.output_dir={output_dir}"] if output_dir else []),
+        f"data.instance_dir={demo_dir}",
+        "data.generate_demo=false",
+        f"train.max_steps={steps}",
+        "train.lr=1e-4",
+    ]
+    return [*base, *extra]
+
+
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name, overrides=overrides)
@@ -54,20 +86,9 @@ def make_cfg(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> Callable[..., D
     """Compose the real config for a tiny CPU run in ``tmp_path``; extra overrides win."""
 
     def _make(*overrides: str, run: str = "run") -> DictConfig:
-        base = [
-            "model=tiny",
-            "eval=tiny",
-            "tracking=none",
-            f"paths.root_dir={tmp_path}",
-            f"paths.cache_dir={cache_dir}",
-            f"paths.output_dir={tmp_path / run}",
-            f"data.instance_dir={demo_dir}",
-            "data.generate_demo=false",
-            "train.max_steps=4",
-            "train.lr=1e-4",
-            "eval.enabled=false",
-        ]
-        return compose_config([*base, *overrides])
+        return compose_config(
+            tiny_overrides(tmp_path, cache_dir, demo_dir, *overrides, output_dir=tmp_path / run)
+        )
 
     return _make
 

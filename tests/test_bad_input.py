@@ -14,9 +14,10 @@ elsewhere are listed, not repeated:
 | missing / empty instance_dir                       | ConfigError                                 | test_data.py::test_bad_instance_dirs_fail_with_one_line |
 | unknown key, wrong type                            | fails at compose time, names the key        | here (CLI), test_config.py::test_typos_and_wrong_types_fail_at_compose_time |
 | out-of-range values, unknown scheduler/optimizer   | ConfigError before loading                  | here, test_config.py::test_bad_values_get_one_line_errors |
-| empty search space, unknown sampler/pruner         | SweepError, one line                        | here (CLI), test_sweep.py::test_bad_settings_exit_with_a_one_line_error |
+| empty search space, unknown sampler/pruner         | SweepError, one line                        | here (CLI), sweep/test_sweeper.py::test_bad_settings_exit_with_a_one_line_error |
+| Optuna storage unreachable (bad URL, no server)    | SweepError, one line, password masked, exit 2 | sweep/test_sweep_storage.py::test_an_unreachable_storage_ends_the_sweep_with_one_line_and_exit_2 |
 | unreachable model id / not a pipeline folder       | ConfigError                                 | here, test_train.py::test_unloadable_model_is_a_config_error |
-| tracking server unreachable at start               | ConfigError before training, exit 2         | here (CLI), test_tracking.py::test_unreachable_server_fails_fast_with_one_line |
+| tracking server unreachable at start               | ConfigError before training, exit 2         | here (CLI), tracking/test_store.py::test_unreachable_server_fails_fast_with_one_line |
 | disk full while saving a checkpoint / the model    | ConfigError, earlier checkpoints and model intact | here |
 """
 

@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, tiny_overrides
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from dreambooth_sweep.config import ConfigError
 from dreambooth_sweep.data import load_instance_images
 from dreambooth_sweep.evaluate import (
+    COL_LABEL_H,
     GAP,
     LABEL_W,
+    TILE_GAP,
     TITLE_H,
     EvalContext,
     Evaluator,
@@ -32,8 +34,8 @@ from dreambooth_sweep.evaluate import (
     make_grid,
 )
 from dreambooth_sweep.metrics import main as metrics_main
-from dreambooth_sweep.metrics import sweet_spot_score
 from dreambooth_sweep.models import SCHEDULERS, Components, load_components
+from dreambooth_sweep.objective import sweet_spot_score
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = "eval.custom_prompts=['a {V} {C} on the moon','a red {V} {C}','a {V} {C} in the snow','a wet {V} {C}','a {C}']"
@@ -52,12 +54,7 @@ def eval_cfg(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> Callable[..., D
 
     def _make(*overrides: str) -> DictConfig:
         base = [
-            "model=tiny",
-            "eval=tiny",
-            f"paths.root_dir={tmp_path}",
-            f"paths.cache_dir={cache_dir}",
-            f"paths.output_dir={tmp_path / 'run'}",
-            f"data.instance_dir={demo_dir}",
+            *tiny_overrides(tmp_path, cache_dir, demo_dir, evaluate=True, output_dir=tmp_path / "run"),
             "eval.prompts=custom",
             PROMPTS,
             "eval.num_inference_steps=2",
@@ -163,11 +160,11 @@ def test_prompt_sets_per_step_files_and_step0_score(eval_cfg, components, tmp_pa
         "03_7.png",
     ]
     assert not any(k.startswith("eval_all/") for k in mid.metrics)
-    # The saved folder rescores to the same numbers with the metrics command line.
-    argv = ["--generated", str(mid.sample_dir), "--real", str(cfg.data.instance_dir), "--class-images"]
-    argv += [str(mid.sample_dir / "class"), "--clip-model", "tiny", "--dino-model", "tiny"]
-    assert metrics_main([*argv, "--cache-dir", str(cfg.paths.cache_dir), "--identifier", "sks"]) == 0
+    # The saved folder rescores to the same numbers with the metrics command line: its scoring.json
+    # names the photos, class images, identifier, backbones and protocol (--cache-dir: where "tiny" is).
+    assert metrics_main(["--generated", str(mid.sample_dir), "--cache-dir", str(cfg.paths.cache_dir)]) == 0
     rescored = json.loads(capsys.readouterr().out)
+    assert set(rescored) == set(mid.metrics) - {"eval/score", "eval/seconds"}
     assert rescored == pytest.approx({k: mid.metrics[k] for k in rescored}, abs=1e-5)
     assert mid.metrics["eval/dino"] == pytest.approx(
         base.metrics["eval/dino"], abs=1e-3
@@ -231,15 +228,16 @@ def test_grid_layout_and_labels() -> None:
     per_ref_row = cols * cell // thumb  # 6: seven photos need two strip rows
     assert per_ref_row == 6
     top = TITLE_H + 2 * thumb + GAP
-    assert grid.size == (LABEL_W + cols * cell, top + len(rows) * cell)
+    step = cell + TILE_GAP  # tiles are TILE_GAP apart
+    assert grid.size == (LABEL_W + cols * cell + (cols - 1) * TILE_GAP, top + len(rows) * step - TILE_GAP)
 
     px = np.asarray(grid)
     assert (px[:TITLE_H, :LABEL_W].min(axis=-1) < 100).any()  # title written
     for r in range(len(rows)):
-        label = px[top + r * cell : top + (r + 1) * cell, :LABEL_W]
+        label = px[top + r * step : top + r * step + cell, :LABEL_W]
         assert (label.min(axis=-1) < 100).sum() > 10, f"row {r} has no label"
         for c, color in enumerate(colors):
-            x, y = LABEL_W + c * cell + cell // 2, top + r * cell + cell // 2
+            x, y = LABEL_W + c * step + cell // 2, top + r * step + cell // 2
             assert tuple(px[y, x]) == color
     assert tuple(px[TITLE_H + thumb // 2, LABEL_W + thumb // 2]) == (250, 200, 0)  # reference strip
 
@@ -249,15 +247,45 @@ def test_grid_layout_and_labels() -> None:
     assert len(lines) == 3 and lines[-1].endswith("...")
 
 
+def test_grid_labels_columns_with_seeds_and_keeps_tiles_apart() -> None:
+    cell, cols, n_rows = 32, 3, 2
+    black = [Image.new("RGB", (40, 40), (0, 0, 0)) for _ in range(cols)]
+    rows = [(f"prompt {r}", black) for r in range(n_rows)]
+    plain = make_grid(rows, title="t", cell=cell)
+    grid = make_grid(rows, title="t", cell=cell, col_labels=[f"seed {s}" for s in (0, 1, 7)])
+    assert grid.size == (plain.width, plain.height + COL_LABEL_H)  # a strip for the column labels
+    px = np.asarray(grid).astype(int)
+    top = TITLE_H + GAP + COL_LABEL_H
+    band = px[top : top + n_rows * cell, LABEL_W:]
+    white = (band == 255).all(axis=-1)
+    # Pixel columns of pure background between the tiles, exactly TILE_GAP wide, and no white inside a tile.
+    gap_cols = [x for x in range(band.shape[1]) if white[:cell, x].all()]
+    expected = [c * (cell + TILE_GAP) - TILE_GAP + k for c in range(1, cols) for k in range(TILE_GAP)]
+    assert gap_cols == expected
+    gap_rows = [y for y in range(band.shape[0]) if white[y, :cell].all()]
+    assert gap_rows == [cell + k for k in range(TILE_GAP)]  # and between the rows
+    # Each seed label is drawn above its own column, and nowhere else in the strip.
+    strip = px[top - COL_LABEL_H : top, LABEL_W:]
+    for c in range(cols):
+        x0 = c * (cell + TILE_GAP)
+        assert (strip[:, x0 : x0 + cell].min(axis=-1) < 160).any(), f"column {c} has no label"
+    assert (strip[:, cell : cell + TILE_GAP] == 255).all()
+
+
 def test_evaluator_grid_matches_rows_and_columns(eval_cfg, components, tmp_path) -> None:
     cfg = eval_cfg("eval.num_prompts=2", "eval.seeds=[0,1,2]", "eval.class_prompt_images=2")
     with pytest.warns(UserWarning, match="no step-0 samples"):  # no baseline yet: no penalty, said out loud
         result = _evaluator(cfg, tmp_path / "run")(_ctx(components, 1))
     rows, cols, cell = 2 + 1, 3, 64  # two prompts + the class-prompt row; three seeds
     demo_photos = 6  # conftest's demo subject: 6 photos, 2·3 = 6 per strip row
-    assert result.grid.size == (
-        LABEL_W + cols * cell,
-        TITLE_H + -(-demo_photos // 6) * (cell // 2) + GAP + rows * cell,
+    assert result.grid.size == (  # seed labels above the columns, TILE_GAP between tiles
+        LABEL_W + cols * cell + (cols - 1) * TILE_GAP,
+        TITLE_H
+        + -(-demo_photos // 6) * (cell // 2)
+        + GAP
+        + COL_LABEL_H
+        + rows * cell
+        + (rows - 1) * TILE_GAP,
     )
     assert Image.open(result.grid_path).size == result.grid.size
 
@@ -293,8 +321,7 @@ def test_eval_only_cli_two_schedulers(tmp_path: Path, cache_dir: Path, demo_dir:
     """``python -m dreambooth_sweep.evaluate -m eval.scheduler=ddim,dpm++``: one job per sampler."""
     cmd = [
         sys.executable, "-m", "dreambooth_sweep.evaluate", "-m",
-        "model=tiny", "eval=tiny", "tracking=none",
-        f"paths.root_dir={tmp_path}", f"paths.cache_dir={cache_dir}", f"data.instance_dir={demo_dir}",
+        *tiny_overrides(tmp_path, cache_dir, demo_dir, evaluate=True),
         "eval.prompts=custom", PROMPTS, "eval.num_inference_steps=2", "eval.scheduler=ddim,dpm++",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

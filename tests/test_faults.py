@@ -28,11 +28,10 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from scaleout.services import PY, Worker, tiny_overrides, worker_env
 
-from dreambooth_sweep.config import RunConfig
+from dreambooth_sweep.config import load_config
 from dreambooth_sweep.tracking import _pid_namespace, default_uri, start_tracking
 from dreambooth_sweep.train import train
 
@@ -139,7 +138,7 @@ def test_runs_left_by_dead_processes_are_closed_when_a_job_attaches(tmp_path: Pa
     dead_pid = str(gone.pid)  # a process that has ended (and been reaped)
 
     def cfg(trial: int):
-        c = OmegaConf.structured(RunConfig)
+        c = load_config()
         c.model.name = c.model.pretrained = "tiny"
         c.data.instance_dir, c.data.class_noun = str(tmp_path), "dog"
         c.paths.root_dir = str(tmp_path)

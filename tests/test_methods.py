@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from dreambooth_sweep.config import ConfigError, validate
@@ -337,15 +338,7 @@ def test_bad_method_settings_fail_validation(make_cfg, overrides, needle) -> Non
 
 
 def _cli(tmp_path: Path, cache_dir: Path, demo_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    base = [
-        "model=tiny",
-        "eval=tiny",
-        "tracking=none",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={cache_dir}",
-        f"paths.output_dir={tmp_path / 'run'}",
-        f"data.instance_dir={demo_dir}",
-    ]
+    base = tiny_overrides(tmp_path, cache_dir, demo_dir, evaluate=True, output_dir=tmp_path / "run")
     cmd = [sys.executable, "-m", "dreambooth_sweep.train", *base, *overrides]
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 

@@ -162,18 +162,15 @@ def test_text_embedding_cache_gives_identical_weights(
 ) -> None:
     common = (*setting, "train.batch_size=2", "train.max_steps=4")
     train(off := make_cfg(*common, "train.cache_text_embeddings=false", run="off"))
-    hits = []
-    real_get = caches.TextEmbeddingCache.get
-
-    def counting(self, input_ids, encode):
-        before = self.hits
-        states = real_get(self, input_ids, encode)
-        hits.append(self.hits - before)
-        return states
-
-    monkeypatch.setattr(caches.TextEmbeddingCache, "get", counting)
+    made: list[caches.TextEmbeddingCache] = []
+    real_init = caches.TextEmbeddingCache.__init__
+    monkeypatch.setattr(
+        caches.TextEmbeddingCache, "__init__", lambda self: made.append(self) or real_init(self)
+    )
     train(on := make_cfg(*common, "train.cache_text_embeddings=true", run="on"))
-    assert sum(hits) == len(hits) - 1  # the frozen steps encode the prompts once, then reuse them
+    (cache,) = made
+    # The frozen steps encode the one instance prompt once (per frozen stretch), then reuse it.
+    assert cache.misses == 1 and cache.hits >= 1 and len(cache) == 1
     for part in ("unet", "text_encoder"):
         assert _identical(_final(off, part), _final(on, part)), part
 
@@ -320,3 +317,39 @@ def test_release_process_caches_drops_what_trials_kept() -> None:
     BASE_MODELS.get("release-test", components)
     assert BASE_MODELS.loads == loads + 1 and BASE_SAMPLES.get("release-test") is None
     BASE_MODELS.clear()
+
+
+def test_captions_buckets_and_dropout_give_identical_weights_with_or_without_caches(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    (photos / "3_sks toy").mkdir(parents=True)
+    for i, size in enumerate([(96, 48), (100, 60), (48, 96), (64, 64)]):
+        Image.new("RGB", size, (60 * i, 200 - 40 * i, 90)).save(photos / f"{i}.png")
+        if i < 2:
+            (photos / f"{i}.txt").write_text(f"a toy, picture {i}")
+    Image.new("RGB", (80, 80), "gray").save(photos / "3_sks toy" / "r.png")  # 3 repeats, folder caption
+    common = (
+        *PRIOR,
+        f"data.instance_dir={photos}",
+        "data.buckets=true",
+        "data.bucket_step=16",
+        "data.caption_dropout=0.3",
+        "data.random_flip=true",
+        "train.batch_size=2",
+        "train.max_steps=6",
+    )
+    off = make_cfg(*common, "train.cache_latents=false", "train.cache_text_embeddings=false", run="off")
+    train(off)
+    made: list[caches.TextEmbeddingCache] = []
+    real_init = caches.TextEmbeddingCache.__init__
+    monkeypatch.setattr(
+        caches.TextEmbeddingCache, "__init__", lambda self: made.append(self) or real_init(self)
+    )
+    train(on := make_cfg(*common, run="on"))
+    assert _identical(_final(off), _final(on))
+    (cache,) = made
+    # one entry per distinct prompt: captions, instance prompt, folder caption, "" (dropout), class prompt
+    assert 4 <= cache.misses == len(cache) <= 6 and cache.hits > 0

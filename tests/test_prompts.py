@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from dreambooth_sweep.config import ConfigError
-from dreambooth_sweep.prompts import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, eval_prompts, subset, subset_indices
+from dreambooth_sweep.prompts import DREAMBENCH_LIVE, DREAMBENCH_OBJECT, eval_prompts, subset_indices
 
 
 def _cfg(prompts: str, custom: list[str] | None = None) -> SimpleNamespace:
@@ -59,13 +59,13 @@ def test_custom_prompts_and_errors() -> None:
 
 def test_subset_is_deterministic_evenly_spread_and_all_when_large() -> None:
     prompts = eval_prompts(_cfg("dreambench_live"), "sks", "dog")
-    four = subset(prompts, 4)
-    assert four == subset(prompts, 4) == [prompts[i] for i in (3, 9, 15, 21)]
+    four = [prompts[i] for i in subset_indices(len(prompts), 4)]
+    assert subset_indices(25, 4) == subset_indices(25, 4) == [3, 9, 15, 21]
     assert any("outfit" in p for p in four) and four[-1].startswith("a purple")  # every part of the set
-    assert subset(prompts, None) == subset(prompts, 25) == subset(prompts, 99) == prompts
+    assert subset_indices(25, None) == subset_indices(25, 25) == subset_indices(25, 99) == list(range(25))
     assert subset_indices(5, 2) == [1, 3] and subset_indices(3, 1) == [1]
     for n in range(1, 26):
         idx = subset_indices(25, n)
         assert len(set(idx)) == n and idx == sorted(idx)
     with pytest.raises(ConfigError, match="num_prompts=0"):
-        subset(prompts, 0)
+        subset_indices(len(prompts), 0)

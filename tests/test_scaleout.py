@@ -18,7 +18,6 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from scaleout.services import (
     PY,
@@ -31,7 +30,7 @@ from scaleout.services import (
     worker_env,
 )
 
-from dreambooth_sweep.config import RunConfig
+from dreambooth_sweep.config import load_config
 from dreambooth_sweep.tracking import default_uri, find_or_create_parent_run, start_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +214,7 @@ def test_tracking_uri_password_is_masked(postgres: PostgresServer, tmp_path: Pat
     password is in no param, tag or config.yaml."""
     monkeypatch.chdir(tmp_path)
     uri = postgres.create_database("tracking_with_password")
-    cfg = OmegaConf.structured(RunConfig)
+    cfg = load_config()
     cfg.model.name = cfg.model.pretrained = "tiny"
     cfg.data.instance_dir, cfg.data.class_noun = str(tmp_path), "dog"
     cfg.paths.root_dir = str(tmp_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
 from dreambooth_sweep import train as train_mod
@@ -216,21 +217,28 @@ def _cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         (["prior=on", "prior.class_prompt=null"], "class_prompt"),
         (["train.lr=0"], "train.lr"),
         (["eval.scheduler=warp"], "scheduler"),
+        (["data=subject", "data.instance_dir=???"], "data.instance_dir has no value"),
     ],
 )
 def test_cli_bad_input_exits_non_zero_with_one_line(
     tmp_path: Path, cache_dir: Path, demo_dir: Path, overrides, needle
 ) -> None:
-    base = [
-        "model=tiny",
-        "eval=tiny",
-        "tracking=none",
-        f"paths.root_dir={tmp_path}",
-        f"paths.cache_dir={cache_dir}",
-        f"data.instance_dir={demo_dir}",
-        "train.max_steps=1",
-    ]
-    proc = _cli(*base, *overrides, cwd=tmp_path)
+    proc = _cli(*tiny_overrides(tmp_path, cache_dir, demo_dir, *overrides, steps=1), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0]
+
+
+def test_a_run_failing_after_compose_writes_its_error_into_train_log(
+    tmp_path: Path, cache_dir: Path, demo_dir: Path
+) -> None:
+    """The run folder of a failed run says why: the one error line is in its train.log too (once on the console)."""
+    missing = tmp_path / "no_photos_here"
+    proc = _cli(
+        *tiny_overrides(tmp_path, cache_dir, demo_dir, f"data.instance_dir={missing}", steps=1), cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no_photos_here" not in proc.stdout  # not repeated by Hydra's console handler
+    [log] = (tmp_path / "outputs" / "runs").glob("*/train.log")
+    assert line in log.read_text()

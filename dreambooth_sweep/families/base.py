@@ -54,6 +54,16 @@ class Conditioning:
     pooled: torch.Tensor | None = None  # pooled text embedding (SDXL, SD3, FLUX)
     text_ids: torch.Tensor | None = None  # FLUX: positions of the text tokens (L, 3)
 
+    def first_row(self) -> Conditioning:
+        """Row 0 (batch dim dropped), for per-prompt caching; ``text_ids`` are shared by every row."""
+        pooled = self.pooled[0] if self.pooled is not None else None
+        return Conditioning(self.states[0], pooled, self.text_ids)
+
+    @staticmethod
+    def stack(rows: list[Conditioning]) -> Conditioning:
+        pooled = torch.stack([r.pooled for r in rows]) if rows[0].pooled is not None else None
+        return Conditioning(torch.stack([r.states for r in rows]), pooled, rows[0].text_ids)
+
 
 @dataclass
 class Noised:

@@ -78,13 +78,16 @@ class SDXLFamily(DDPMFamily):
 
     def time_ids(self, comps: Components, noised: Noised, batch: dict) -> torch.Tensor:
         """(original h, w, crop top, left, target h, w) per example, as SDXL was trained with."""
-        side = noised.noisy.shape[-1] * comps.vae_scale_factor
+        scale = comps.vae_scale_factor
+        h, w = noised.noisy.shape[-2] * scale, noised.noisy.shape[-1] * scale
         n = noised.noisy.shape[0]
-        geometry = batch.get("geometry")
-        if geometry is None:  # no geometry (a caller of our own): the image is the target, uncropped
-            geometry = torch.tensor([[side, side, 0, 0]] * n)
-        target = torch.tensor([[side, side]] * n)
-        return torch.cat([geometry, target], dim=1).to(noised.noisy.device)
+        sizes, crops = batch.get("original_sizes") or [None] * n, batch.get("crop_top_left") or [None] * n
+        rows = [
+            # no geometry (a caller of our own): the image is the target, uncropped
+            [*(size or (h, w)), *(crop or (0, 0)), h, w]
+            for size, crop in zip(sizes, crops, strict=True)
+        ]
+        return torch.tensor(rows, device=noised.noisy.device)
 
     def predict(
         self, denoiser: Any, comps: Components, noised: Noised, cond: Any, batch: dict

@@ -11,7 +11,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MASK", "is_secret_key", "mask_secrets", "mask_text"]
+from dreambooth_sweep.errors import one_line
+
+__all__ = ["MASK", "is_secret_key", "mask_secrets", "mask_text", "masked_line"]
 
 _SECRET_KEY = re.compile(r"token|password|passwd|secret|api_?key|credential", re.IGNORECASE)
 # ML vocabulary that merely contains "token": not secrets.
@@ -55,3 +57,11 @@ def mask_secrets(obj: Any, key: str = "") -> Any:
     if key and is_secret_key(key) and obj not in (None, "", "???"):
         return MASK
     return mask_text(obj) if isinstance(obj, str) else obj
+
+
+def masked_line(exc: BaseException | str, limit: int = 500) -> str:
+    """``Type: message`` of ``exc`` on one line, masked, then cut to ``limit`` characters.
+
+    Masked before it is cut, so a cut can never leave the start of a password behind.
+    """
+    return one_line(mask_text(one_line(exc, 1 << 20, with_type=True)), limit)

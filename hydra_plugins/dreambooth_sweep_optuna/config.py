@@ -48,36 +48,33 @@ class OptunaSweeperConf:
     # sampler/pruner stay configs until the sweeper builds them (a GridSampler needs the search space)
     _recursive_: bool = False
 
-    study_name: str | None = None  # None: the Hydra job name; the same name + storage resumes a study
-    storage: str | None = (
-        None  # sqlite:///abs.db | postgresql://.. | journal:///path.log; None: sqlite in the sweep dir
-    )
+    # None: the Hydra job name; the same name + storage resumes a study
+    study_name: str | None = None
+    # sqlite:///abs.db | postgresql://.. | journal:///path.log; None: sqlite in the sweep dir
+    storage: str | None = None
     direction: str = "maximize"  # single objective: maximize | minimize
-    directions: list[str] | None = None  # multi-objective, e.g. [maximize, maximize]; replaces `direction`
+    # multi-objective, e.g. [maximize, maximize]; replaces `direction`
+    directions: list[str] | None = None
     objective: str = "objective"  # key of the job's returned dict holding the trial's value
-    objectives: list[str] | None = (
-        None  # multi-objective: one key per direction, e.g. [eval/dino, eval/clip_t]
-    )
-    n_trials: int = 20  # TOTAL finished trials (complete, pruned, failed) the study should reach: a resumed sweep runs the rest
-    n_jobs: int = (
-        1  # trials asked and launched together per batch, through whatever hydra/launcher is configured
-    )
-    seed: int | None = None  # sampler seed (also given to a configured sampler that sets none)
-    max_failure_rate: float = (
-        0.5  # stop when more than this fraction of this sweep's finished trials failed; 1.0: never
-    )
-    failure_check_after: int = (
-        4  # that check starts once this sweep finished this many trials (and runs at the end)
-    )
-    heartbeat_interval: int = (
-        60  # seconds between "alive" stamps; a RUNNING trial silent for 3x this is failed as interrupted
-    )
-    sampler: Any = (
-        None  # {_target_: optuna.samplers.X, ...}; None: TPESampler, or NSGAIISampler when multi-objective
-    )
-    pruner: Any = field(
-        default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"}
-    )  # null: no pruning
+    # multi-objective: one key per direction, e.g. [eval/dino, eval/clip_t]
+    objectives: list[str] | None = None
+    # TOTAL finished trials (complete, pruned, failed) the study should reach: a resumed sweep runs the rest
+    n_trials: int = 20
+    # trials asked and launched together per batch, through whatever hydra/launcher is configured
+    n_jobs: int = 1
+    # sampler seed (a configured sampler's own `seed` wins): used as given by a sweeper that opens an
+    # empty study; one joining a study with N trials derives its seed from (seed, study name, N)
+    seed: int | None = None
+    # stop when more than this fraction of this sweep's finished trials failed; 1.0: never
+    max_failure_rate: float = 0.5
+    # that check starts once this sweep finished this many trials (and runs at the end)
+    failure_check_after: int = 4
+    # seconds between "alive" stamps; a RUNNING trial silent for 3x this is failed as interrupted
+    heartbeat_interval: int = 60
+    # {_target_: optuna.samplers.X, ...}; None: TPESampler, or NSGAIISampler when multi-objective
+    sampler: Any = None
+    # null: no pruning
+    pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
     params: dict[str, Any] = field(default_factory=dict)  # the search space: key -> syntax above
 
 

@@ -1,8 +1,9 @@
 """Hydra's entry point for the Optuna sweeper (``hydra/sweeper=optuna``).
 
 Hydra imports every module under ``hydra_plugins`` in every run, single runs included, to discover
-plugins. This one stays thin: the sweeper's work, and Optuna itself, are imported from
-:mod:`dreambooth_sweep.optuna_sweeper` only when a sweep starts.
+plugins, and may execute a plugin module more than once. This one stays thin and holds no state or
+exception classes: the sweeper's work (:class:`dreambooth_sweep.sweep.sweeper.OptunaSearch`), and
+Optuna itself, are imported only when a sweep starts.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ class OptunaSweeper(Sweeper):
         self._sweeper: Sweeper | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        from dreambooth_sweep.optuna_sweeper import OptunaSweeper as Implementation
+        from dreambooth_sweep.sweep.sweeper import OptunaSearch
 
-        self._sweeper = Implementation(**self._settings)
+        self._sweeper = OptunaSearch(**self._settings)
         self._sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:

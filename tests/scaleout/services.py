@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import requests
+from conftest import tiny_overrides as shared_tiny_overrides
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,17 +218,6 @@ class Worker:
 
 
 def tiny_overrides(root: Path, cache_dir: Path, demo_dir: Path, *, steps: int = 2) -> list[str]:
-    """Overrides of a few-second CPU run of the real training app (tiny model, no evaluation)."""
-    return [
-        "model=tiny",
-        "eval=tiny",
-        "eval.enabled=false",
-        f"paths.root_dir={root}",
-        f"paths.cache_dir={cache_dir}",
-        f"data.instance_dir={demo_dir}",
-        "data.generate_demo=false",
-        f"train.max_steps={steps}",
-        "train.lr=1e-4",
-        "train.save_final=false",
-        "train.num_threads=1",
-    ]
+    """The shared tiny run (conftest.tiny_overrides), tracked, one thread per worker, no final save."""
+    extra = ("train.save_final=false", "train.num_threads=1")
+    return shared_tiny_overrides(root, cache_dir, demo_dir, *extra, steps=steps, tracking=True)

@@ -1,4 +1,4 @@
-"""A tiny Hydra app for tests/test_tracking.py: each job is a tracked "training" run.
+"""A tiny Hydra app for tests/tracking/: each job is a tracked "training" run.
 
     python tests/tracking_app/app.py -m train.lr=1e-6,2e-6 model.name=tiny ...
 
@@ -11,10 +11,11 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from dreambooth_sweep.config import RunConfig
+from dreambooth_sweep.config import load_config
 from dreambooth_sweep.tracking import start_tracking
 
-ConfigStore.instance().store(name="tracking_app", node=RunConfig)
+# the project's own composed run config (conf/train.yaml): the schema alone has no values
+ConfigStore.instance().store(name="tracking_app", node=load_config())
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="tracking_app")
