@@ -46,14 +46,14 @@ class FlowFamily(ModelFamily):
         )
 
     def max_lengths(self, comps: Components) -> tuple[int, ...]:
-        """CLIP tokenizers pad to their own length, T5 to ``model.max_sequence_length``."""
-        lengths = []
-        for name in self.tokenizers:
-            tokenizer = getattr(comps, name)
-            t5 = name == self.t5_tokenizer
-            lengths.append(int(comps.settings.get("max_sequence_length") or 0) if t5 else 0)
-            lengths[-1] = lengths[-1] or int(tokenizer.model_max_length)
-        return tuple(lengths)
+        """CLIP tokenizers pad to their own length, T5 to ``model.max_sequence_length`` (when set)."""
+        t5_length = comps.settings.get("max_sequence_length")
+        return tuple(
+            int(t5_length)
+            if name == self.t5_tokenizer and t5_length
+            else int(getattr(comps, name).model_max_length)
+            for name in self.tokenizers
+        )
 
     t5_tokenizer = ""  # the tokenizer whose length model.max_sequence_length sets
 
@@ -87,7 +87,3 @@ class FlowFamily(ModelFamily):
         noisy = (1.0 - sigmas) * latents + sigmas * noise
         weighting = compute_loss_weighting_for_sd3(weighting_scheme=train_cfg.weighting_scheme, sigmas=sigmas)
         return Noised(noisy, timesteps, noise - latents, weighting=weighting, sigmas=sigmas)
-
-    def sample(self, pipe: Any, comps: Components, prompts: list[str], **kwargs: Any) -> list[Any]:
-        """Sampled from our own prompt encoding (so T5 may stay off the device, its states cached)."""
-        raise NotImplementedError

@@ -163,7 +163,7 @@ def _flow_scheduler(**extra: Any) -> Any:
 
 def build_tiny_flux(directory: str | os.PathLike[str], seed: int = 0, resolution: int = 64) -> Path:
     """A FLUX.1-dev-shaped pipeline: CLIP-L-like pooled encoder, a tiny T5, a FluxTransformer2DModel
-    with the guidance embedding (dev is guidance-distilled), a 16-channel... here 4-channel VAE with
+    with the guidance embedding (dev is guidance-distilled), a 4-channel VAE (FLUX's has 16) with
     FLUX's scaling and shift factors, and FLUX's dynamic-shift flow-matching scheduler."""
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
