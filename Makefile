@@ -15,8 +15,9 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check
 # installs through it as pip constraints, so a fresh clone gets exactly what CI tested.
 # LOCK= installs without it (then export DBS_UNLOCKED=1: the lock-drift test skips).
 LOCK ?= requirements/lock.txt
-# Recipe knobs: MODEL=sd15|sd21|tiny, DATA=path/to/photos, CLASS=dog, SMOKE=1 shrinks a recipe to a
-# CPU smoke run, ARGS="..." appends any Hydra overrides. MODEL=tiny also swaps in tiny CLIP/DINO.
+# Recipe knobs: MODEL=sd15|sd21|sdxl|sd35|flux|tiny|tiny_sdxl|tiny_sd3|tiny_flux, DATA=path/to/photos,
+# CLASS=dog, SMOKE=1 shrinks a recipe to a CPU smoke run, ARGS="..." appends any Hydra overrides.
+# MODEL=tiny* also swaps in tiny CLIP/DINO.
 MODEL ?= sd15
 DATA ?=
 CLASS ?=
@@ -24,13 +25,13 @@ SMOKE ?=
 NATURAL ?= my
 ARGS ?=
 RECIPE_ARGS = model=$(MODEL) \
-	$(if $(filter tiny,$(MODEL)),eval.clip_model=tiny eval.dino_model=tiny) \
+	$(if $(filter tiny%,$(MODEL)),eval.clip_model=tiny eval.dino_model=tiny) \
 	$(if $(SMOKE),smoke=cpu) \
 	$(if $(DATA),data=subject data.instance_dir=$(DATA)) \
 	$(if $(CLASS),data.class_noun=$(CLASS)) $(ARGS)
 GRID = $(PY) -m dreambooth_sweep.train -m --config-dir sweeps --config-name
 # Real models need real photos: only smoke runs fall back to the synthetic demo subject.
-NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
+NEED_DATA = @$(if $(or $(DATA),$(SMOKE),$(filter tiny%,$(MODEL))),true,echo "error: DATA=path/to/photos is required (or MODEL=tiny SMOKE=1 for a smoke run)" >&2; exit 2)
 
 .DEFAULT_GOAL := help
 .PHONY: help install upgrade-deps dashboard demo sweep report test test-all bench bench-gpu lint format clean ui blog-objects blog-faces blog-schedulers blog-text-encoder blog-ema blog-identifier blog-ti-dreambooth lora-figurine
@@ -67,11 +68,13 @@ test-all: install ## run every test, slow ones included
 
 WORKERS ?= 1
 SWEEP_PORT ?= 5001
+# make sweep MODEL=sdxl|flux (or tiny_sdxl|tiny_flux) runs sweeps/<family>_lr_steps.yaml, others lr_steps
+SWEEP_NAME = $(if $(wildcard sweeps/$(patsubst tiny_%,%,$(MODEL))_lr_steps.yaml),$(patsubst tiny_%,%,$(MODEL))_lr_steps,lr_steps)
 
-sweep: install ## the Optuna sweet-spot search (sweeps/lr_steps.yaml; DATA=, CLASS=, WORKERS=N: one worker per GPU)
+sweep: install ## the Optuna sweet-spot search (sweeps/lr_steps.yaml, MODEL=sdxl|flux: sweeps/<model>_lr_steps.yaml; DATA=, CLASS=, WORKERS=N)
 	$(NEED_DATA)
 	@if [ "$(WORKERS)" = "1" ]; then \
-		$(GRID) lr_steps $(RECIPE_ARGS); \
+		$(GRID) $(SWEEP_NAME) $(RECIPE_ARGS); \
 	else \
 		echo "starting an MLflow server on 127.0.0.1:$(SWEEP_PORT) for $(WORKERS) workers (SQLite takes one writer)"; \
 		MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_DB) \
@@ -79,7 +82,7 @@ sweep: install ## the Optuna sweet-spot search (sweeps/lr_steps.yaml; DATA=, CLA
 		server=$$!; trap "kill $$server" EXIT; \
 		$(VENV)/bin/dreambooth-sweep wait-for-url http://127.0.0.1:$(SWEEP_PORT)/health --timeout 120 || exit 1; \
 		pids=""; for i in $$(seq 0 $$(($(WORKERS) - 1))); do \
-			CUDA_VISIBLE_DEVICES=$$i $(GRID) lr_steps $(RECIPE_ARGS) tracking.uri=http://127.0.0.1:$(SWEEP_PORT) \
+			CUDA_VISIBLE_DEVICES=$$i $(GRID) $(SWEEP_NAME) $(RECIPE_ARGS) tracking.uri=http://127.0.0.1:$(SWEEP_PORT) \
 				hydra.sweep.dir=outputs/multiruns/lr_steps-worker$$i > outputs/sweep-worker$$i.log 2>&1 & pids="$$pids $$!"; \
 		done; \
 		echo "$(WORKERS) workers started (logs: outputs/sweep-worker*.log)"; wait $$pids; \
@@ -150,7 +153,7 @@ BENCH_ARGS ?=
 bench: install ## whole-process benchmark on the tiny model vs diffusers' train_dreambooth.py (DIFFUSERS=checkout, BENCH_ARGS=)
 	$(PY) benchmarks/bench.py $(if $(DIFFUSERS),--diffusers $(DIFFUSERS)) $(BENCH_ARGS)
 
-bench-gpu: install ## SD-1.5-size steps/s and peak VRAM on a CUDA GPU, random weights (BENCH_ARGS="--steps 100")
+bench-gpu: install ## SD-1.5, SDXL (1024 px) and FLUX.1 (512/1024 px) LoRA steps/s and peak VRAM on a CUDA GPU, random weights (BENCH_ARGS="--steps 100")
 	$(PY) benchmarks/bench_gpu.py $(BENCH_ARGS)
 
 lint: install ## ruff lint + format check

@@ -47,6 +47,7 @@ __all__ = [
     "encode_moments",
     "encode_rows",
     "fingerprint",
+    "module_names",
     "release_process_caches",
     "trim_heap",
 ]
@@ -64,8 +65,9 @@ def fingerprint(components: Any) -> str:
     an evenly strided sample of its values; the tokenizer its length. Any optimizer step, added token
     or resized embedding changes it. Costs one pass over the weights (a fraction of a second for SD-1.5).
     """
-    digest = hashlib.sha256(f"tokens={len(components.tokenizer)}".encode())
-    for part in ("text_encoder", "vae", "unet"):
+    tokens = [len(getattr(components, n)) for n in getattr(components, "tokenizer_names", ("tokenizer",))]
+    digest = hashlib.sha256(f"tokens={tokens[0] if len(tokens) == 1 else tokens}".encode())
+    for part in module_names(components):
         for name, tensor in getattr(components, part).state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 256)].float().cpu()
@@ -73,6 +75,15 @@ def fingerprint(components: Any) -> str:
             digest.update(f"{part}.{name}{tuple(tensor.shape)}{tensor.dtype}{total!r}".encode())
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
+
+
+def module_names(components: Any) -> tuple[str, ...]:
+    """The torch modules of ``components``: its family's list (text encoders, VAE, denoiser), or
+    text_encoder/vae/unet for plain namespaces."""
+    names = getattr(components, "module_names", None)
+    if names is not None:
+        return tuple(names)
+    return tuple(n for n in ("text_encoder", "vae", "unet") if hasattr(components, n))
 
 
 @dataclass
@@ -137,7 +148,7 @@ class BaseModelCache:
 def _copy_to(components: Any, device: Any) -> Any:
     """A deep copy of ``components`` whose text encoder, VAE and UNet are each copied, then moved to
     ``device`` (None: stay where they are) before the next one is copied."""
-    parts = [name for name in ("text_encoder", "vae", "unet") if hasattr(components, name)]
+    parts = module_names(components)
     memo: dict[int, Any] = {id(getattr(components, name)): None for name in parts}
     shell = copy.deepcopy(components, memo)  # tokenizer, schedulers, ...: everything but the modules
     for name in parts:
@@ -233,10 +244,11 @@ class TextEmbeddingCache:
 
 def encode_rows(
     input_ids: torch.Tensor,
-    encode: Callable[[torch.Tensor], torch.Tensor],
+    encode: Callable[[torch.Tensor], Any],
     cache: TextEmbeddingCache | None = None,
-) -> torch.Tensor:
-    """A frozen text encoder's output for a batch, one distinct prompt at a time.
+) -> Any:
+    """A frozen text encoder's output for a batch, one distinct prompt at a time (a tensor, or a model
+    family's conditioning object: ``first_row`` / ``stack``).
 
     Each prompt is encoded alone (``encode`` gets 1×L ids), so its states never depend on which prompts
     share its batch (batched matmuls may round differently): with or without ``cache`` the result is
@@ -249,14 +261,23 @@ def encode_rows(
             continue
         states = cache._states.get(("row", key)) if cache is not None else None
         if states is None:
-            states = encode(row[None])[0]
+            states = _first_row(encode(row[None]))
             if cache is not None:
                 cache._states[("row", key)] = states
                 cache.misses += 1
         elif cache is not None:
             cache.hits += 1
         rows[key] = states
-    return torch.stack([rows[k] for k in keys])
+    return _stack_rows([rows[k] for k in keys])
+
+
+def _first_row(out: Any) -> Any:
+    """Row 0 of an encoder output: a tensor, or a conditioning object with ``first_row``."""
+    return out[0] if isinstance(out, torch.Tensor) else out.first_row()
+
+
+def _stack_rows(rows: list[Any]) -> Any:
+    return torch.stack(rows) if isinstance(rows[0], torch.Tensor) else type(rows[0]).stack(rows)
 
 
 # ----------------------------------------------------------------------------- step-0 samples

@@ -1,6 +1,6 @@
 """``dreambooth-sweep`` helper commands (training itself is ``python -m dreambooth_sweep.train``).
 
-dreambooth-sweep make-tiny-model DIR [--kind KIND]           random-weight model (sd clip dino dinov2 siglip)
+dreambooth-sweep make-tiny-model DIR [--kind KIND]           random-weight model (sd sdxl sd3 flux clip dino dinov2 siglip)
 dreambooth-sweep make-demo-data DIR [--num-images N]          the synthetic demo subject
 dreambooth-sweep wait-for-url URL [--timeout S]               wait for a server (used by make sweep WORKERS=N)
 dreambooth-sweep report SWEEP_DIR [--out DIR]                 HTML sweep report (heatmaps, curves, Pareto front, picks)
@@ -27,6 +27,11 @@ _TINY_KINDS = {
     "dino": tiny.build_tiny_dino,
     "dinov2": tiny.build_tiny_dinov2,
     "siglip": tiny.build_tiny_siglip,
+    # SDXL / SD3 / FLUX builders import the family layer (torch) only when asked for
+    **{
+        kind: (lambda k: lambda d, **kw: tiny.build_family(k, d, **kw))(kind)
+        for kind in ("sdxl", "sd3", "flux")
+    },
 }
 
 
@@ -38,14 +43,18 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     _TINY_KINDS[args.kind](out, seed=args.seed)
     loader = {
         "sd": "StableDiffusionPipeline.from_pretrained",
+        "sdxl": "StableDiffusionXLPipeline.from_pretrained",
+        "sd3": "StableDiffusion3Pipeline.from_pretrained",
+        "flux": "FluxPipeline.from_pretrained",
         "clip": "CLIPModel.from_pretrained",
         "dino": "ViTModel.from_pretrained",
         "dinov2": "Dinov2Model.from_pretrained",
         "siglip": "SiglipModel.from_pretrained",
     }[args.kind]
     print(f"wrote a tiny random {args.kind} model to {out} (load it with {loader}({str(out)!r}))")
-    if args.kind == "sd":
-        print(f"train on it: python -m dreambooth_sweep.train model=tiny model.pretrained={out} eval=tiny")
+    if args.kind in ("sd", "sdxl", "sd3", "flux"):
+        model = "tiny" if args.kind == "sd" else f"tiny_{args.kind}"
+        print(f"train on it: python -m dreambooth_sweep.train model={model} model.pretrained={out} eval=tiny")
     elif args.kind in ("dinov2", "siglip"):
         key = "eval.dino_model" if args.kind == "dinov2" else "eval.clip_model"
         print(f"score with it: python -m dreambooth_sweep.train model=tiny eval=tiny {key}={out}")

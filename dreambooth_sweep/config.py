@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dreambooth_sweep.errors import ConfigError
+from dreambooth_sweep.samplers import FLOW_SCHEDULERS, SCHEDULERS
 
 __all__ = [
     "ConfigError",
@@ -42,7 +43,9 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 PRECISIONS = ("no", "fp16", "bf16")
 # eval.dino_preprocess: DINO's evaluation transform or the checkpoint's preprocessor_config.json.
 DINO_PREPROCESS = ("dino_eval", "model_config")
-EVAL_SCHEDULERS = ("ddim", "pndm", "lms", "dpm++", "euler", "euler_a", "unipc", "ddpm")
+EVAL_SCHEDULERS = tuple(SCHEDULERS)  # DDPM-trained families (SD, SDXL)
+FLOW_EVAL_SCHEDULERS = tuple(FLOW_SCHEDULERS)  # flow-matching families (SD3, FLUX)
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -67,6 +70,12 @@ class ModelConfig:
     revision: str | None = MISSING
     variant: str | None = MISSING
     resolution: int = MISSING
+    vae: str | None = MISSING  # another VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix
+    sampler: str = MISSING  # the family's default eval sampler (eval.scheduler reads it)
+    inference_steps: int = MISSING  # default sampler steps (eval.num_inference_steps reads it)
+    guidance_scale: float = MISSING  # CFG scale, or FLUX's distilled guidance (eval / class images)
+    max_sequence_length: int | None = MISSING  # T5 tokens (SD3, FLUX); null: the tokenizer's own
+    train_guidance: float = MISSING  # FLUX guidance-embedding value while training
 
 
 @dataclass
@@ -77,7 +86,7 @@ class MethodConfig:
     rank: int = MISSING
     alpha: float | None = MISSING
     dropout: float = MISSING
-    unet_target_modules: list[str] = MISSING
+    unet_target_modules: list[str] | None = MISSING  # None: the family's default
     text_encoder_target_modules: list[str] = MISSING
     export_kohya: bool = MISSING
     num_vectors: int = MISSING
@@ -165,6 +174,10 @@ class TrainConfig:
     cache_latents: bool = MISSING
     cache_text_embeddings: bool = MISSING
     cache_base_model: bool = MISSING
+    weighting_scheme: str = MISSING  # flow matching (SD3, FLUX): timestep density / loss weighting
+    logit_mean: float = MISSING
+    logit_std: float = MISSING
+    mode_scale: float = MISSING
 
 
 @dataclass
@@ -300,7 +313,8 @@ def _validate_method(m: Any, t: Any) -> None:
             _fail(f"method.alpha={m.alpha} must be positive", "use e.g. method.alpha=4, or null (= rank)")
         if not 0 <= m.dropout < 1:
             _fail(f"method.dropout={m.dropout} must be in [0, 1)", "use e.g. 0.0 or 0.1")
-        if not m.unet_target_modules or (t.train_text_encoder and not m.text_encoder_target_modules):
+        empty = m.unet_target_modules is not None and not m.unet_target_modules
+        if empty or (t.train_text_encoder and not m.text_encoder_target_modules):
             _fail(
                 "method.unet_target_modules / text_encoder_target_modules is empty",
                 "name the layers to adapt, e.g. [to_q,to_k,to_v,to_out.0]",
@@ -421,8 +435,16 @@ def validate(cfg: DictConfig | Any) -> None:
             _fail(f"prior.num_class_images={p.num_class_images} must be positive", "use e.g. 100")
         if p.loss_weight < 0:
             _fail(f"prior.loss_weight={p.loss_weight} cannot be negative", "use e.g. 1.0")
-    if cfg.eval.scheduler not in EVAL_SCHEDULERS:
-        _fail(f"unknown eval.scheduler={cfg.eval.scheduler!r}", f"choose one of {', '.join(EVAL_SCHEDULERS)}")
+    if cfg.eval.scheduler not in EVAL_SCHEDULERS + FLOW_EVAL_SCHEDULERS:
+        _fail(
+            f"unknown eval.scheduler={cfg.eval.scheduler!r}",
+            f"choose one of {', '.join(EVAL_SCHEDULERS)} (SD, SDXL) or {', '.join(FLOW_EVAL_SCHEDULERS)} (SD3, FLUX)",
+        )
+    if t.weighting_scheme not in WEIGHTING_SCHEMES:
+        _fail(
+            f"unknown train.weighting_scheme={t.weighting_scheme!r}",
+            f"choose one of {', '.join(WEIGHTING_SCHEMES)}",
+        )
     if cfg.eval.get("dino_preprocess", "dino_eval") not in DINO_PREPROCESS:
         _fail(
             f"unknown eval.dino_preprocess={cfg.eval.dino_preprocess!r}",

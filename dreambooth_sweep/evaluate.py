@@ -66,6 +66,7 @@ __all__ = [
     "Evaluator",
     "WeightsConfig",
     "evaluate",
+    "evaluation_prompts",
     "make_grid",
 ]
 
@@ -117,8 +118,10 @@ _register()
 class EvalContext:
     """What the trainer hands over at a checkpoint.
 
-    ``unet``/``text_encoder`` are the live, unwrapped training modules (EMA weights already swapped
-    in when EMA is on); ``dtype`` is the inference weight dtype (autocast when not float32).
+    ``unet`` (the denoiser: UNet or transformer) and ``text_encoder`` (the first text encoder) are the
+    live, unwrapped training modules (EMA weights already swapped in when EMA is on); ``modules`` holds
+    every live module by pipeline name (``text_encoder_2``, ...), when the family has more; ``dtype`` is
+    the inference weight dtype (autocast when not float32).
     """
 
     step: int
@@ -129,6 +132,16 @@ class EvalContext:
     device: torch.device | str
     dtype: torch.dtype = torch.float32
     label: str | None = None  # file stem instead of step_XXXXXX (eval-only mode: "base", "final")
+    modules: dict[str, torch.nn.Module] | None = None
+
+    def live(self) -> dict[str, torch.nn.Module]:
+        """Every module to sample with, by pipeline name (the loaded ones where no live one is given)."""
+        comps = self.components
+        out = {name: getattr(comps, name) for name in comps.module_names}
+        out.update(self.modules or {})
+        out[comps.family.denoiser] = self.unet
+        out[comps.family.text_encoders[0]] = self.text_encoder
+        return out
 
 
 @dataclass
@@ -139,6 +152,14 @@ class EvalResult:
     grid_path: Path
     sample_dir: Path  # the individual images, prompts.json, scoring.json and class/
     prompts: list[str]
+
+
+def evaluation_prompts(cfg: Any) -> list[str]:
+    """Every prompt an :class:`Evaluator` for ``cfg`` may sample (the DreamBench set, the class prompt)."""
+    if not cfg.eval.enabled:
+        return []
+    prompts = eval_prompts(cfg.eval, str(cfg.data.identifier), str(cfg.data.class_noun))
+    return [*prompts, cfg.prior.get("class_prompt") or f"a photo of {cfg.data.class_noun}"]
 
 
 class Evaluator:
@@ -262,8 +283,10 @@ class Evaluator:
         from dreambooth_sweep.caches import BASE_SAMPLES, fingerprint
 
         e, comps = self.eval_cfg, ctx.components
+        modules = ctx.live()
+        tokenizers = {name: getattr(comps, name) for name in comps.tokenizer_names}
         live = SimpleNamespace(
-            tokenizer=comps.tokenizer, text_encoder=ctx.text_encoder, vae=comps.vae, unet=ctx.unet
+            **tokenizers, **modules, module_names=tuple(modules), tokenizer_names=tuple(tokenizers)
         )
         settings = (
             e.scheduler,
@@ -294,9 +317,11 @@ class Evaluator:
         """One image per (prompt, seed), in chunks of ``eval.batch_size``; modes and RNG left as found."""
         e = self.eval_cfg
         device = torch.device(ctx.device)
-        modules = [ctx.unet, ctx.text_encoder, ctx.components.vae]
+        comps = ctx.components
+        live = ctx.live()
+        modules = list(live.values())
         modes = [[m.training for m in module.modules()] for module in modules]
-        pipe = build_pipeline(ctx.components, e.scheduler, unet=ctx.unet, text_encoder=ctx.text_encoder)
+        pipe = build_pipeline(comps, e.scheduler, **live)
         autocast = (
             torch.autocast(device.type, dtype=ctx.dtype) if ctx.dtype != torch.float32 else nullcontext()
         )
@@ -312,16 +337,17 @@ class Evaluator:
                     chunk = jobs[start : start + int(e.batch_size)]
                     # CPU generators: the same seed gives the same noise on CPU and GPU alike.
                     generators = [torch.Generator("cpu").manual_seed(seed) for _, seed in chunk]
-                    out = pipe(
-                        prompt=[p for p, _ in chunk],
+                    out = comps.family.sample(
+                        pipe,
+                        comps,
+                        [p for p, _ in chunk],
                         num_inference_steps=int(e.num_inference_steps),
                         guidance_scale=float(e.guidance_scale),
                         height=int(e.resolution),
                         width=int(e.resolution),
                         generator=generators,
-                        output_type="pil",
                     )
-                    images.extend(out.images)
+                    images.extend(out)
         finally:
             for module, flags in zip(modules, modes, strict=True):
                 for m, flag in zip(module.modules(), flags, strict=True):
@@ -502,49 +528,56 @@ def _has_weights(w: Any) -> bool:
     return bool(w.model_dir or w.lora or w.embedding)
 
 
+def _lora_file(w: Any, family: Any) -> Path:
+    """``weights.lora`` as a file, checked to be a LoRA for this family (one-line errors otherwise)."""
+    path = Path(w.lora).expanduser()
+    if path.is_dir():
+        path = path / "pytorch_lora_weights.safetensors"
+    if not path.is_file():
+        raise ConfigError(
+            f"weights.lora={str(path)!r} does not exist: pass the .safetensors file or its folder"
+        )
+    family.check_lora_file(path)
+    return path
+
+
 def _load_weights(
     cfg: DictConfig, components: Components, device: torch.device, dtype: torch.dtype
-) -> tuple[Any, Any]:
-    """Apply ``cfg.weights`` on top of the base components; returns the (unet, text_encoder) to sample."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    w = cfg.weights
-    unet, text_encoder = components.unet, components.text_encoder
+) -> dict[str, Any]:
+    """Apply ``cfg.weights`` on top of the base components; returns the modules to sample, by name."""
+    w, family = cfg.weights, components.family
+    live = {name: getattr(components, name) for name in components.module_names}
     if w.model_dir:
         root = Path(w.model_dir).expanduser()
-        if not (root / "unet").is_dir():
+        if not (root / family.denoiser).is_dir():
             raise ConfigError(
-                f"weights.model_dir={str(root)!r} has no unet/ folder: point it at a run's model/ folder"
+                f"weights.model_dir={str(root)!r} has no {family.denoiser}/ folder: point it at a run's "
+                f"model/ folder trained on a {family.label} model"
             )
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype).to(device)
-        if (root / "text_encoder").is_dir():
-            text_encoder = CLIPTextModel.from_pretrained(
-                root, subfolder="text_encoder", torch_dtype=dtype
-            ).to(device)
-        if (root / "tokenizer").is_dir():  # new tokens (textual inversion → DreamBooth) live here
-            components.tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+        for name in components.module_names:
+            if (root / name).is_dir():  # the saved pipeline's own copy of every module it has
+                cls = type(live[name])
+                live[name] = cls.from_pretrained(root, subfolder=name, torch_dtype=dtype).to(device)
+        for name in components.tokenizer_names:
+            if (root / name).is_dir():  # new tokens (textual inversion → DreamBooth) live here
+                tokenizer = getattr(components, name)
+                setattr(components, name, type(tokenizer).from_pretrained(root, subfolder=name))
     if w.lora or w.embedding:
-        pipe = build_pipeline(components, unet=unet, text_encoder=text_encoder)
+        pipe = build_pipeline(components, **live)
         if w.lora:
-            path = Path(w.lora).expanduser()
-            if path.is_file():
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
-            elif path.is_dir():
-                pipe.load_lora_weights(str(path), weight_name="pytorch_lora_weights.safetensors")
-            else:
-                raise ConfigError(
-                    f"weights.lora={str(path)!r} does not exist: pass the .safetensors file or its folder"
-                )
+            path = _lora_file(w, family)
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
         if w.embedding:
             path = Path(w.embedding).expanduser()
             if not path.is_file():
                 raise ConfigError(
                     f"weights.embedding={str(path)!r} is not a file: pass the learned embedding file"
                 )
-            pipe.load_textual_inversion(str(path), token=w.token)
-        unet, text_encoder, components.tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
-    return unet, text_encoder
+            family.load_embeddings(pipe, path, w.token)
+        live = {name: getattr(pipe, name) for name in components.module_names}
+        for name in components.tokenizer_names:
+            setattr(components, name, getattr(pipe, name))
+    return live
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -574,25 +607,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out = resolve_output_dir(cfg)
     instance_images = load_instance_images(cfg.data)
     components = load_components(cfg.model, cfg.paths.cache_dir)
-    for module in (components.unet, components.text_encoder, components.vae):
+    for name in components.module_names:
+        module = getattr(components, name)
         module.requires_grad_(False).to(device)
         if dtype != torch.float32:
             module.to(dtype)
     evaluator = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
 
-    def run(step: int, label: str, unet: Any, text_encoder: Any) -> EvalResult:
-        ctx = EvalContext(step, True, components, unet, text_encoder, device, dtype, label=label)
+    family = components.family
+    family.check_sampler(cfg)
+    if cfg.weights.lora:  # a LoRA for another family fails now, before the base model is sampled
+        _lora_file(cfg.weights, family)
+
+    def run(step: int, label: str, live: dict[str, Any]) -> EvalResult:
+        first = live[family.text_encoders[0]]
+        ctx = EvalContext(
+            step, True, components, live[family.denoiser], first, device, dtype, label=label, modules=live
+        )
         result = evaluator(ctx)
         log.info("%s: %s", label, json.dumps({k: round(v, 4) for k, v in result.metrics.items()}))
         return result
 
     # The base model first: it is the baseline, and LoRA / embeddings change the modules in place.
-    base = run(0, "base", components.unet, components.text_encoder)
+    base = run(0, "base", {name: getattr(components, name) for name in components.module_names})
     result = base
     if _has_weights(cfg.weights):
         (out / "metrics_base.json").write_text(json.dumps(base.metrics, indent=2, sort_keys=True))
-        unet, text_encoder = _load_weights(cfg, components, device, dtype)
-        result = run(1, "final", unet, text_encoder)
+        result = run(1, "final", _load_weights(cfg, components, device, dtype))
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     print(f"grid:    {result.grid_path}\nsamples: {result.sample_dir}\nmetrics: {out / 'metrics.json'}")
     return dict(result.metrics)

@@ -1,12 +1,16 @@
 """Training methods: which weights a run trains, at which learning rates, and what it saves.
 
-* ``dreambooth``: every UNet weight (+ the text encoder with ``train.train_text_encoder``); saves a
-  diffusers pipeline in ``<run>/model`` (``StableDiffusionPipeline.from_pretrained``).
-* ``lora``: LoRA adapters on the UNet attention (+ the text encoder's); saves
+The *denoiser* is the family's UNet (SD, SDXL) or transformer (SD3, FLUX); the *text encoders* that
+may train are the family's CLIP encoders (T5 never trains). Which method applies to which family is
+:meth:`~dreambooth_sweep.families.base.ModelFamily.check`'s business.
+
+* ``dreambooth``: every denoiser weight (+ the CLIP text encoder(s) with ``train.train_text_encoder``
+  on SD/SDXL); saves a diffusers pipeline in ``<run>/model`` (the family's pipeline ``from_pretrained``).
+* ``lora``: LoRA adapters on the denoiser's attention (+ the CLIP text encoders'); saves
   ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights``), with ``method.export_kohya`` also
-  a copy under kohya / A1111 key names.
-* ``textual_inversion``: only the new token's embedding row(s); saves ``learned_embeds.safetensors``
-  (``pipe.load_textual_inversion``).
+  a copy under kohya / A1111 key names (SD, SDXL).
+* ``textual_inversion``: only the new token's embedding row(s), in every CLIP encoder (SDXL: both);
+  saves ``learned_embeds.safetensors`` (``pipe.load_textual_inversion``; SDXL: ``clip_l``/``clip_g``).
 * ``ti_dreambooth``: textual inversion for ``method.ti_steps``, then dreambooth (or lora with
   ``method.phase2=lora``) until ``train.max_steps``; saves both.
 
@@ -25,7 +29,7 @@ The loop in ``train.py`` calls, in order::
     lr_scheduler = method.lr_scheduler(optimizer)   # one schedule per phase
     method.enter(step)                              # this step's trainable weights (start, resume, each step)
     method.after_step()                             # after each optimizer step: frozen rows put back
-    method.save(folder, unet, text_encoder)         # the final weights
+    method.save(folder, live)                       # the final weights (live: modules by pipeline name)
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import torch
 
 from dreambooth_sweep.config import ConfigError
-from dreambooth_sweep.models import Components, build_pipeline
+from dreambooth_sweep.families import Components
 
 __all__ = [
     "EMBEDDINGS_FILE",
@@ -68,18 +72,20 @@ class Part:
     """One set of trainable weights.
 
     ``attach`` runs once on the placed modules; ``enable`` sets ``requires_grad`` for a step and
-    records whether the UNet / text encoder need gradients then (``unet_active``/``text_encoder_active``).
+    records whether the denoiser / text encoders need gradients then (``denoiser_active`` /
+    ``text_encoder_active``). ``te_names`` are the text encoders (pipeline names) the part trains.
     """
 
     label = ""
-    trains_unet = False  # in any step: the UNet goes through accelerate.prepare
-    trains_text_encoder = False  # in any step: the text encoder goes through accelerate.prepare
-    fp32_unet = False  # the UNet's own weights train, so they stay float32 under mixed precision
+    trains_denoiser = False  # in any step: the denoiser goes through accelerate.prepare
+    trains_text_encoder = False  # in any step: the text encoders in te_names go through accelerate.prepare
+    fp32_denoiser = False  # the denoiser's own weights train, so they stay float32 under mixed precision
     fp32_text_encoder = False
+    te_names: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.unet_active = False
+        self.denoiser_active = False
         self.text_encoder_active = False
 
     def attach(self, comps: Components) -> None:
@@ -98,7 +104,7 @@ class Part:
         """The training prompt as this part needs it (multi-vector tokens spelled out)."""
         return text
 
-    def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
+    def save(self, folder: Path, comps: Components, live: dict[str, Any]) -> list[str]:
         """Write the final weights into ``folder``; returns the small weight files (always tracked)."""
         raise NotImplementedError
 
@@ -114,12 +120,12 @@ def _text_encoder_on(cfg: Any, step: int) -> bool:
     return bool(t.train_text_encoder) and (t.text_encoder_steps is None or step < t.text_encoder_steps)
 
 
-class _UNetAndTextEncoder(Part):
-    """A part with UNet weights and, with ``train.train_text_encoder``, text-encoder weights (``attach``
-    fills ``unet_params`` and ``te_params``); the text encoder's stop after ``train.text_encoder_steps``."""
+class _DenoiserAndTextEncoder(Part):
+    """A part with denoiser weights and, with ``train.train_text_encoder``, text-encoder weights (``attach``
+    fills ``denoiser_params`` and ``te_params``); the text encoders' stop after ``train.text_encoder_steps``."""
 
     frozen_message = "text encoder frozen after %d steps"
-    unet_params: list[torch.nn.Parameter]
+    denoiser_params: list[torch.nn.Parameter]
     te_params: list[torch.nn.Parameter]
 
     def __init__(self, cfg: Any) -> None:
@@ -128,7 +134,7 @@ class _UNetAndTextEncoder(Part):
 
     def param_groups(self, lr_scale: float) -> list[dict[str, Any]]:
         t = self.cfg.train
-        groups = [{"params": self.unet_params, "lr": t.lr * lr_scale}]
+        groups = [{"params": self.denoiser_params, "lr": t.lr * lr_scale}]
         if self.te_params:
             groups.append({"params": self.te_params, "lr": (t.text_encoder_lr or t.lr) * lr_scale})
         return groups
@@ -137,15 +143,15 @@ class _UNetAndTextEncoder(Part):
         te_on = on and bool(self.te_params) and _text_encoder_on(self.cfg, step)
         if self.text_encoder_active and not te_on and on:
             log.info(self.frozen_message, step)
-        if (on, te_on) != (self.unet_active, self.text_encoder_active) or not self._applied:
-            _set_trainable(self.unet_params, on)  # only on a change: it walks every parameter
+        if (on, te_on) != (self.denoiser_active, self.text_encoder_active) or not self._applied:
+            _set_trainable(self.denoiser_params, on)  # only on a change: it walks every parameter
             _set_trainable(self.te_params, te_on)
             self._applied = True
-        self.unet_active, self.text_encoder_active = on, te_on
+        self.denoiser_active, self.text_encoder_active = on, te_on
 
 
-class FullWeights(_UNetAndTextEncoder):
-    """DreamBooth: every UNet weight, and the text encoder's with ``train.train_text_encoder``.
+class FullWeights(_DenoiserAndTextEncoder):
+    """DreamBooth: every denoiser weight, and the CLIP text encoders' with ``train.train_text_encoder``.
 
     Args:
         cfg: the run config.
@@ -154,8 +160,8 @@ class FullWeights(_UNetAndTextEncoder):
     """
 
     label = "dreambooth"
-    trains_unet = True
-    fp32_unet = True
+    trains_denoiser = True
+    fp32_denoiser = True
 
     def __init__(self, cfg: Any, *, keep_embedding: bool = False) -> None:
         super().__init__(cfg)
@@ -166,29 +172,30 @@ class FullWeights(_UNetAndTextEncoder):
         )
 
     def attach(self, comps: Components) -> None:
-        self.unet_params = list(comps.unet.parameters())
+        self.denoiser_params = list(comps.denoiser.parameters())
         self.te_params: list[torch.nn.Parameter] = []
         if self.trains_text_encoder:
-            embedding = comps.text_encoder.get_input_embeddings().weight
-            self.te_params = [
-                p for p in comps.text_encoder.parameters() if not (self.keep_embedding and p is embedding)
-            ]
+            self.te_names = comps.family.full_text_encoders
+            for name in self.te_names:
+                encoder = getattr(comps, name)
+                embedding = encoder.get_input_embeddings().weight
+                self.te_params += [
+                    p for p in encoder.parameters() if not (self.keep_embedding and p is embedding)
+                ]
 
-    def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
-        build_pipeline(comps, unet=unet, text_encoder=text_encoder).save_pretrained(
-            folder, safe_serialization=True
-        )
-        log.info("pipeline saved: StableDiffusionPipeline.from_pretrained(<run>/model)")
+    def save(self, folder: Path, comps: Components, live: dict[str, Any]) -> list[str]:
+        comps.family.save_full(folder, comps, live)
         return []
 
 
-class LoRAWeights(_UNetAndTextEncoder):
-    """LoRA adapters (peft, through diffusers' ``add_adapter``) on the UNet, and on the text encoder
-    with ``train.train_text_encoder``; the base weights stay frozen in the mixed-precision dtype while
-    the adapters train in float32."""
+class LoRAWeights(_DenoiserAndTextEncoder):
+    """LoRA adapters (peft, through diffusers' ``add_adapter``) on the denoiser, and on the CLIP text
+    encoders with ``train.train_text_encoder``; the base weights stay frozen in the mixed-precision
+    dtype while the adapters train in float32. ``method.unet_target_modules=null`` takes the family's
+    default targets (those of diffusers' DreamBooth LoRA script for it)."""
 
     label = "lora"
-    trains_unet = True
+    trains_denoiser = True
     frozen_message = "text-encoder LoRA frozen after %d steps"
 
     def __init__(self, cfg: Any) -> None:
@@ -220,48 +227,45 @@ class LoRAWeights(_UNetAndTextEncoder):
         return [p for p in module.parameters() if p.requires_grad]
 
     def attach(self, comps: Components) -> None:
-        m = self.cfg.method
-        self.unet_params = self._add(comps.unet, m.unet_target_modules, "unet_target_modules")
+        m, family = self.cfg.method, comps.family
+        targets = m.unet_target_modules if m.unet_target_modules is not None else family.lora_targets
+        self.denoiser_name = family.denoiser
+        self.denoiser_params = self._add(comps.denoiser, targets, "unet_target_modules")
         self.te_params: list[torch.nn.Parameter] = []
         if self.trains_text_encoder:
-            self.te_params = self._add(
-                comps.text_encoder, m.text_encoder_target_modules, "text_encoder_target_modules"
-            )
-        n = sum(p.numel() for p in self.unet_params + self.te_params)
+            self.te_names = family.trainable_text_encoders
+            for name in self.te_names:
+                self.te_params += self._add(
+                    getattr(comps, name), m.text_encoder_target_modules, "text_encoder_target_modules"
+                )
+        n = sum(p.numel() for p in self.denoiser_params + self.te_params)
         log.info("LoRA rank %d: %.2f M trainable parameters", m.rank, n / 1e6)
 
-    def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
-        from diffusers import StableDiffusionPipeline
+    def save(self, folder: Path, comps: Components, live: dict[str, Any]) -> list[str]:
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        te_layers = te_meta = None
-        if self.te_params:
-            te_layers = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(text_encoder, save_embedding_layers=False)
-            )
-            te_meta = text_encoder.peft_config["default"].to_dict()
-        # The adapter config goes into the file's metadata: without it load_lora_weights assumes
-        # alpha = rank, and any other alpha would load at the wrong scale.
-        StableDiffusionPipeline.save_lora_weights(
-            folder,
-            unet_lora_layers=convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(unet, save_embedding_layers=False)
-            ),
-            text_encoder_lora_layers=te_layers,
-            unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-            text_encoder_lora_adapter_metadata=te_meta,
-            weight_name=LORA_FILE,
-            safe_serialization=True,
-        )
+        family = comps.family
+        layers, metadata = {}, {}
+        for name in (self.denoiser_name, *(self.te_names if self.te_params else ())):
+            module = live[name]
+            state = get_peft_model_state_dict(module, save_embedding_layers=False)
+            # UNet families save diffusers' key names (lora.down/up), transformer families peft's
+            # (lora_A/B), as diffusers' own DreamBooth LoRA scripts for each do.
+            layers[name] = convert_state_dict_to_diffusers(state) if family.denoiser == "unet" else state
+            # The adapter config goes into the file's metadata: without it load_lora_weights assumes
+            # alpha = rank, and any other alpha would load at the wrong scale.
+            metadata[name] = module.peft_config["default"].to_dict()
+        family.save_lora(folder, layers, metadata, LORA_FILE)
         files = [LORA_FILE]
         if self.cfg.method.export_kohya:
-            self._save_kohya(folder / KOHYA_LORA_FILE, unet, text_encoder if self.te_params else None)
+            tes = {n: live[n] for n in self.te_names} if self.te_params else {}
+            self._save_kohya(folder / KOHYA_LORA_FILE, live[self.denoiser_name], tes, family.name)
             files.append(KOHYA_LORA_FILE)
         log.info("LoRA saved: pipe.load_lora_weights(dir, weight_name=%r)", LORA_FILE)
         return files
 
-    def _save_kohya(self, path: Path, unet: Any, text_encoder: Any | None) -> None:
+    def _save_kohya(self, path: Path, unet: Any, text_encoders: dict[str, Any], family: str) -> None:
         """Kohya / A1111 key names via diffusers' own converter, with two fixes for SD-1/2: the converter
         writes SDXL's ``lora_te1_`` prefix and alpha = rank, where single-encoder models use
         ``lora_te_text_model_`` and the alpha this run trained with."""
@@ -272,10 +276,10 @@ class LoRAWeights(_UNetAndTextEncoder):
         peft_state = {
             f"unet.{k}": v for k, v in get_peft_model_state_dict(unet, save_embedding_layers=False).items()
         }
-        if text_encoder is not None:
+        for name, text_encoder in text_encoders.items():
             peft_state.update(
                 {
-                    f"text_encoder.{k}": v
+                    f"{name}.{k}": v
                     for k, v in get_peft_model_state_dict(text_encoder, save_embedding_layers=False).items()
                 }
             )
@@ -283,7 +287,7 @@ class LoRAWeights(_UNetAndTextEncoder):
         alpha = float(m.alpha if m.alpha is not None else m.rank)
         kohya = {}
         for key, value in convert_state_dict_to_kohya(peft_state).items():
-            if key.startswith("lora_te1_"):
+            if key.startswith("lora_te1_") and family == "sd":
                 key = "lora_te_" + key.removeprefix("lora_te1_")
                 if not key.startswith("lora_te_text_model_"):  # transformers 5 has no text_model level
                     key = "lora_te_text_model_" + key.removeprefix("lora_te_")
@@ -292,9 +296,9 @@ class LoRAWeights(_UNetAndTextEncoder):
 
 
 class NewTokens(Part):
-    """Textual inversion: ``data.identifier`` becomes new token(s) whose embedding rows are the only
-    weights that train; every other row is put back after each optimizer step (weight decay would
-    otherwise shrink them).
+    """Textual inversion: ``data.identifier`` becomes new token(s) in every CLIP tokenizer of the family
+    (SDXL: both), whose embedding rows are the only weights that train; every other row is put back
+    after each optimizer step (weight decay would otherwise shrink them).
 
     ``method.num_vectors`` > 1 gives the tokens ``<tok>``, ``<tok>_1``, ... (diffusers' multi-vector
     convention): the training prompt spells them all out, and pipelines do the same on their own
@@ -306,7 +310,6 @@ class NewTokens(Part):
     fp32_text_encoder = True
 
     def attach(self, comps: Components) -> None:
-        tokenizer, text_encoder = comps.tokenizer, comps.text_encoder
         m, d = self.cfg.method, self.cfg.data
         self.identifier = str(d.identifier)
         if any(c.isspace() for c in self.identifier):
@@ -315,6 +318,23 @@ class NewTokens(Part):
                 "e.g. \"data.identifier='<sks>'\""
             )
         self.tokens = [self.identifier] + [f"{self.identifier}_{i}" for i in range(1, m.num_vectors)]
+        self.te_names = comps.family.token_encoders
+        self.ids: dict[str, list[int]] = {}
+        self.weights: dict[str, torch.nn.Parameter] = {}
+        self.originals: dict[str, torch.Tensor] = {}
+        for name in self.te_names:
+            tokenizer_name = name.replace("text_encoder", "tokenizer")
+            self._add_token(name, getattr(comps, tokenizer_name), getattr(comps, name))
+        first = self.te_names[0]
+        log.info(
+            "textual inversion: %s (ids %s) from %r in %s",
+            " ".join(self.tokens),
+            self.ids[first],
+            self._initializer(),
+            ", ".join(self.te_names),
+        )
+
+    def _add_token(self, name: str, tokenizer: Any, text_encoder: Any) -> None:
         vocab = tokenizer.get_vocab()
         pieces = tokenizer.tokenize(self.identifier)
         if any(tok in vocab for tok in self.tokens) or (len(pieces) == 1 and pieces[0] in vocab):
@@ -327,23 +347,21 @@ class NewTokens(Part):
         init_id = self._initializer_id(tokenizer)
 
         tokenizer.add_tokens(self.tokens)
-        self.ids = tokenizer.convert_tokens_to_ids(self.tokens)
+        ids = tokenizer.convert_tokens_to_ids(self.tokens)
         # Pipelines find the token by tokenizing the prompt (maybe_convert_prompt): it must come back whole.
         back = tokenizer.tokenize(self.identifier)
-        if back != self.tokens[:1] or tokenizer.convert_tokens_to_ids(back) != self.ids[:1]:
+        if back != self.tokens[:1] or tokenizer.convert_tokens_to_ids(back) != ids[:1]:
             raise ConfigError(
                 f"the tokenizer does not read data.identifier={self.identifier!r} back as its new token "
                 "(CLIP lowercases prompts): use a lower-case identifier, e.g. \"data.identifier='<sks>'\""
             )
-        if max(self.ids) >= text_encoder.get_input_embeddings().weight.shape[0]:
-            text_encoder.resize_token_embeddings(max(self.ids) + 1, mean_resizing=False)
-        self.weight = text_encoder.get_input_embeddings().weight
+        if max(ids) >= text_encoder.get_input_embeddings().weight.shape[0]:
+            text_encoder.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
+        weight = text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            self.weight[self.ids] = self.weight[init_id].clone()
-        self.original = self.weight.detach().clone()  # what every other row is put back to
-        log.info(
-            "textual inversion: %s (ids %s) from %r", " ".join(self.tokens), self.ids, self._initializer()
-        )
+            weight[ids] = weight[init_id].clone()
+        self.ids[name], self.weights[name] = ids, weight
+        self.originals[name] = weight.detach().clone()  # what every other row is put back to
 
     def _initializer(self) -> str:
         m = self.cfg.method
@@ -365,33 +383,36 @@ class NewTokens(Part):
         return ids[0]
 
     def param_groups(self, lr_scale: float) -> list[dict[str, Any]]:
-        return [{"params": [self.weight], "lr": self.cfg.method.ti_lr * lr_scale}]
+        return [{"params": list(self.weights.values()), "lr": self.cfg.method.ti_lr * lr_scale}]
 
     def enable(self, on: bool, step: int) -> None:
-        self.weight.requires_grad_(on)
-        self.unet_active, self.text_encoder_active = False, on  # gradients flow through the frozen UNet
+        for weight in self.weights.values():
+            weight.requires_grad_(on)
+        # gradients flow through the frozen denoiser
+        self.denoiser_active, self.text_encoder_active = False, on
 
     def after_step(self) -> None:
         if not self.text_encoder_active:
             return
         with torch.no_grad():
-            learned = self.weight[self.ids].clone()
-            self.weight.copy_(self.original)
-            self.weight[self.ids] = learned
+            for name, weight in self.weights.items():
+                ids = self.ids[name]
+                learned = weight[ids].clone()
+                weight.copy_(self.originals[name])
+                weight[ids] = learned
 
     def prompt(self, text: str) -> str:
         return text.replace(self.identifier, " ".join(self.tokens)) if len(self.tokens) > 1 else text
 
-    def embeddings(self, text_encoder: Any) -> torch.Tensor:
-        """The learned vectors, shape (num_vectors, hidden size)."""
-        return text_encoder.get_input_embeddings().weight[self.ids].detach().float().cpu().contiguous()
+    def embeddings(self, text_encoder: Any, name: str = "text_encoder") -> torch.Tensor:
+        """The learned vectors of encoder ``name``, shape (num_vectors, hidden size)."""
+        ids = self.ids[name]
+        return text_encoder.get_input_embeddings().weight[ids].detach().float().cpu().contiguous()
 
-    def save(self, folder: Path, comps: Components, unet: Any, text_encoder: Any) -> list[str]:
-        from safetensors.torch import save_file
-
+    def save(self, folder: Path, comps: Components, live: dict[str, Any]) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
-        # diffusers' format: {token: (num_vectors, dim)}; load_textual_inversion adds <tok>_1, ... itself.
-        save_file({self.identifier: self.embeddings(text_encoder)}, str(folder / EMBEDDINGS_FILE))
+        vectors = {name: self.embeddings(live[name], name) for name in self.te_names}
+        comps.family.save_embeddings(folder, self.identifier, vectors, EMBEDDINGS_FILE)
         log.info("embedding saved: pipe.load_textual_inversion(%r)", EMBEDDINGS_FILE)
         return [EMBEDDINGS_FILE]
 
@@ -420,16 +441,22 @@ class Method:
         self._current: int | None = None
 
     @property
-    def trains_unet(self) -> bool:
-        return any(ph.part.trains_unet for ph in self.phases)
+    def trains_denoiser(self) -> bool:
+        return any(ph.part.trains_denoiser for ph in self.phases)
 
     @property
     def trains_text_encoder(self) -> bool:
         return any(ph.part.trains_text_encoder for ph in self.phases)
 
     @property
-    def unet_active(self) -> bool:
-        return any(ph.part.unet_active for ph in self.phases)
+    def denoiser_active(self) -> bool:
+        return any(ph.part.denoiser_active for ph in self.phases)
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """Every text encoder any phase trains (pipeline names, family order)."""
+        names = {n for ph in self.phases for n in ph.part.te_names if ph.part.trains_text_encoder}
+        return tuple(n for n in self.comps.family.text_encoders if n in names)
 
     @property
     def text_encoder_active(self) -> bool:
@@ -445,20 +472,26 @@ class Method:
         from diffusers.training_utils import cast_training_params
 
         self.comps = comps
-        unet, text_encoder = comps.unet, comps.text_encoder
-        unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
+        family = comps.family
+        denoiser = comps.denoiser
+        encoders = comps.text_encoders()
+        denoiser.requires_grad_(False)
+        for encoder in encoders.values():
+            encoder.requires_grad_(False)
         parts = [ph.part for ph in self.phases]
-        _place(unet, device, torch.float32 if any(p.fp32_unet for p in parts) else weight_dtype)
-        _place(
-            text_encoder, device, torch.float32 if any(p.fp32_text_encoder for p in parts) else weight_dtype
-        )
+        _place(denoiser, device, torch.float32 if any(p.fp32_denoiser for p in parts) else weight_dtype)
+        for name, encoder in encoders.items():
+            # A part that fully trains a text encoder keeps every CLIP encoder it could touch in float32
+            # (which ones it trains is known only after attach); T5 never trains.
+            full = any(p.fp32_text_encoder for p in parts) and name in family.trainable_text_encoders
+            _place(encoder, device, torch.float32 if full else weight_dtype)
         for part in parts:
             part.attach(comps)
         for ph in self.phases:
             ph.part.enable(True, ph.start)
         if weight_dtype != torch.float32:
-            cast_training_params([unet, text_encoder], dtype=torch.float32)  # LoRA adapters train in float32
+            # LoRA adapters train in float32
+            cast_training_params([denoiser, *encoders.values()], dtype=torch.float32)
 
     def param_groups(self, lr_scale: float = 1.0) -> list[dict[str, Any]]:
         groups: list[dict[str, Any]] = []
@@ -516,17 +549,18 @@ class Method:
             ph.part.enable(index == current, step)
         if current is not None:
             self._current = current
+        te_on = self.text_encoder_active
         for module, mode in (
-            (self.comps.unet, self.unet_active),
-            (self.comps.text_encoder, self.text_encoder_active),
+            (self.comps.denoiser, self.denoiser_active),
+            *((getattr(self.comps, n), te_on) for n in self.text_encoder_names),
         ):
             if module.training != mode:  # train() walks every submodule: only on a change (evaluation
                 module.train(mode)  # puts every module back as it found it)
 
     @property
     def state(self) -> tuple[int | None, bool, bool]:
-        """(phase, UNet trains, text encoder trains): which weights have ``requires_grad`` changes with it."""
-        return self._current, self.unet_active, self.text_encoder_active
+        """(phase, denoiser trains, text encoders train): which weights have ``requires_grad`` changes with it."""
+        return self._current, self.denoiser_active, self.text_encoder_active
 
     def after_step(self) -> None:
         for ph in self.phases:
@@ -537,22 +571,23 @@ class Method:
             text = ph.part.prompt(text)
         return text
 
-    def save_checkpoint_files(self, folder: Path, unet: Any, text_encoder: Any) -> list[str]:
+    def save_checkpoint_files(self, folder: Path, live: dict[str, Any]) -> list[str]:
         """The small weight files (LoRA, embedding) into a training checkpoint, as diffusers' scripts do,
         so any checkpoint loads with ``load_lora_weights`` / ``load_textual_inversion`` (and
         ``score-checkpoints`` scores it); full weights are in the training state already."""
         files: list[str] = []
         for ph in self.phases:
             if not isinstance(ph.part, FullWeights):
-                files += ph.part.save(folder, self.comps, unet, text_encoder)
+                files += ph.part.save(folder, self.comps, live)
         return files
 
-    def save(self, folder: Path, unet: Any, text_encoder: Any) -> list[str]:
-        """Every part's final weights into ``folder``; returns the small weight files (tracked always)."""
+    def save(self, folder: Path, live: dict[str, Any]) -> list[str]:
+        """Every part's final weights into ``folder`` (``live``: the unwrapped modules by pipeline
+        name); returns the small weight files (tracked always)."""
         folder.mkdir(parents=True, exist_ok=True)
         files: list[str] = []
         for ph in self.phases:
-            files += ph.part.save(folder, self.comps, unet, text_encoder)
+            files += ph.part.save(folder, self.comps, live)
         return files
 
 

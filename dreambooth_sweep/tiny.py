@@ -20,6 +20,8 @@ from typing import Any
 
 __all__ = [
     "TINY_ID",
+    "TINY_IDS",
+    "build_family",
     "build_random_sd15",
     "build_tiny_clip",
     "build_tiny_dino",
@@ -32,6 +34,8 @@ __all__ = [
 ]
 
 TINY_ID = "tiny"
+# model.pretrained values that name an offline build -> its ensure_tiny kind
+TINY_IDS = {TINY_ID: "sd", "tiny_sdxl": "sdxl", "tiny_sd3": "sd3", "tiny_flux": "flux"}
 _BUILD_VERSION = "1"  # bump when the architecture below changes: cached builds are then rebuilt
 
 # Words that get whole-word tokens; everything else falls back to byte-level pieces.
@@ -399,12 +403,23 @@ def _write_image_processor(directory: Path, cls: str, *, mean, std, resample: in
     (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
+def build_family(kind: str, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """A tiny SDXL / SD3 / FLUX pipeline (``dreambooth_sweep.families.tiny``)."""
+    from dreambooth_sweep.families import tiny as family_tiny
+
+    return getattr(family_tiny, f"build_tiny_{kind}")(directory, **kwargs)
+
+
 _BUILDERS = {
     "sd": build_tiny_sd,
     "clip": build_tiny_clip,
     "dino": build_tiny_dino,
     "dinov2": build_tiny_dinov2,
     "siglip": build_tiny_siglip,
+    **{
+        kind: (lambda k: lambda directory: build_family(k, directory))(kind)
+        for kind in ("sdxl", "sd3", "flux")
+    },
 }
 
 

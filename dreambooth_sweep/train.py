@@ -11,12 +11,16 @@ What happens, in order:
 
 1. check the config (flag combinations, ranges) and read the subject photos — bad input fails here,
    before any model is loaded;
-2. load the base model with ``from_pretrained`` (hub id, local folder or the offline ``tiny`` build);
+2. load the base model with ``from_pretrained`` (hub id, local folder or an offline tiny build); its
+   *family* (``families/``: SD, SDXL, SD3, FLUX, read from ``model_index.json``) does everything
+   architecture-specific below: prompt encoding, latents, the noise process and target, the denoiser
+   call, sampling and the saved formats;
 3. prior preservation: make sure the shared cache holds ``num_class_images`` class images from the
    *base* model (generated once, reused by every later run);
-4. train with accelerate what ``method`` says (``methods.py``: the full UNet [+ text encoder], LoRA
-   adapters, a new token's embedding, or textual inversion then DreamBooth): noise → predict → MSE,
-   the prior loss on the class half of each batch, optional Min-SNR-γ, offset noise, EMA;
+4. train with accelerate what ``method`` says (``methods.py``: the full denoiser [+ text encoders],
+   LoRA adapters, a new token's embedding, or textual inversion then DreamBooth): noise → predict →
+   MSE (DDPM ε/v, or flow matching with its timestep density and weighting), the prior loss on the
+   class half of each batch, optional Min-SNR-γ, offset noise, EMA;
 5. at step 0 (the base model baseline) and every ``eval.every_n_steps``: sample with fixed seeds and
    score (DINO, CLIP-I, CLIP-T, ...); the score goes to MLflow and, in an Optuna sweep, to the trial,
    which may stop the run early (pruning);
@@ -58,7 +62,13 @@ from dreambooth_sweep.caches import (
 from dreambooth_sweep.config import ConfigError, register_configs, validate
 from dreambooth_sweep.files import atomic_replace_dir, remove_dir
 from dreambooth_sweep.methods import Method, build_method
-from dreambooth_sweep.models import Components, build_pipeline, load_components, resolve_pretrained
+from dreambooth_sweep.models import (
+    Components,
+    build_pipeline,
+    load_components,
+    model_family,
+    resolve_pretrained,
+)
 from dreambooth_sweep.runtime import (
     conf_dir,
     resolve_output_dir,
@@ -197,7 +207,7 @@ def prepare_class_images(
     p = cfg.prior
     resolution = cfg.data.resolution
     settings = {"steps": p.gen_num_inference_steps, "guidance": p.gen_guidance_scale, "scheduler": "default"}
-    model_key = f"{comps.source}@{cfg.model.revision or 'main'}"
+    model_key = f"{comps.family.name}:{comps.source}@{cfg.model.revision or 'main'}"
     if p.class_dir:
         folder = Path(p.class_dir).expanduser()
     else:
@@ -219,14 +229,16 @@ def prepare_class_images(
             else nullcontext()
         )
         with torch.no_grad(), autocast:
-            return pipe(
+            return comps.family.sample(
+                pipe,
+                comps,
                 [p.class_prompt] * len(indices),
                 num_inference_steps=p.gen_num_inference_steps,
                 guidance_scale=p.gen_guidance_scale,
                 height=resolution,
                 width=resolution,
                 generator=generators,
-            ).images
+            )
 
     metadata = {
         "model": model_key,
@@ -235,7 +247,7 @@ def prepare_class_images(
         "seed": p.gen_seed,
         **settings,
     }
-    with untouched_training_state(comps.unet, comps.text_encoder, comps.vae):
+    with untouched_training_state(*(getattr(comps, n) for n in comps.module_names)):
         paths = data_lib.ensure_class_images(
             folder,
             p.num_class_images,
@@ -269,8 +281,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from diffusers.training_utils import EMAModel, compute_snr
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     from dreambooth_sweep.sweep import TrialReporter
@@ -286,6 +297,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
     instance_images = [i.image for i in instances]
     templates = data_lib.ti_templates(cfg, instances)  # method.ti_templates; refused with captions
     resume_dir = _find_checkpoint(t.resume_from, out) if t.resume_from else None
+    family = model_family(cfg.model, cfg.paths.cache_dir)  # model_index.json only: no weights yet
+    family.check(cfg)  # methods, samplers and losses that do not fit this family
     log.info("run dir %s: %d instance images from %s", out, len(instance_images), cfg.data.instance_dir)
 
     with start_tracking(cfg) as tracker, ExitStack() as cleanup:
@@ -303,22 +316,29 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         comps = load_base_model(cfg, device)
         method = build_method(cfg)
         method.setup(comps, device, weight_dtype)
-        unet, text_encoder, vae, tokenizer = comps.unet, comps.text_encoder, comps.vae, comps.tokenizer
-        noise_scheduler = comps.noise_scheduler
+        denoiser, vae = comps.denoiser, comps.vae
+        encoders = comps.text_encoders()  # by pipeline name: text_encoder, text_encoder_2, ...
         vae.requires_grad_(False)
         vae.to(device) if weight_dtype == torch.float32 else vae.to(device, dtype=weight_dtype)
 
         # 3. Class images come from the base model, so generate them before training (LoRA adapters
         # start at zero and new tokens are not in the class prompt: the model still is the base model).
         class_images = prepare_class_images(cfg, comps, device, weight_dtype) if p.enabled else []
+        if t.cache_text_embeddings:
+            # Encoders that never train (T5) encode every prompt this run will see once, then leave
+            # the device: the FLUX / SD3 memory lever. A no-op for CLIP-only families.
+            from dreambooth_sweep.evaluate import evaluation_prompts
+
+            prompts = [method.prompt(cfg.data.instance_prompt), *([p.class_prompt] if p.enabled else [])]
+            family.offload_frozen_encoders(comps, [*prompts, *evaluation_prompts(cfg)], device)
 
         if t.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-            if method.trains_text_encoder:
-                text_encoder.gradient_checkpointing_enable()
+            denoiser.enable_gradient_checkpointing()
+            for name in method.text_encoder_names:
+                encoders[name].gradient_checkpointing_enable()
         if t.enable_xformers:
             try:
-                unet.enable_xformers_memory_efficient_attention()
+                denoiser.enable_xformers_memory_efficient_attention()
             except Exception as exc:
                 raise ConfigError(
                     f"train.enable_xformers=true but xformers is unusable ({exc}): install xformers or "
@@ -336,7 +356,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         dataset = data_lib.DreamBoothDataset(
             instances,
             cfg.data.instance_prompt,
-            tokenizer,
+            None,
             cfg.data.resolution,
             class_images=class_images,
             class_prompt=p.class_prompt,
@@ -346,6 +366,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             caption_dropout=cfg.data.caption_dropout,
             templates=templates,
             prompt_fn=method.prompt,  # multi-vector tokens spelled out
+            tokenize=lambda prompt: family.tokenize(comps, prompt),  # every tokenizer's ids in one row
             buckets=data_lib.dataset_buckets(cfg.data),
             mask_loss_weight=cfg.data.mask_loss_weight,
         )
@@ -372,25 +393,23 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         elif t.cache_latents:
             log.info("data.center_crop=false: random crops are VAE-encoded every step (no latent cache)")
         text_cache = TextEmbeddingCache() if t.cache_text_embeddings else None
-        trained = [
-            m for m, on in ((unet, method.trains_unet), (text_encoder, method.trains_text_encoder)) if on
-        ]
+        te_names = method.text_encoder_names  # the text encoders any phase trains
+        trained = [denoiser] if method.trains_denoiser else []
+        trained += [encoders[name] for name in te_names]
         *trained, optimizer, lr_scheduler = accelerator.prepare(*trained, optimizer, lr_scheduler)
-        if method.trains_unet:
-            unet = trained.pop(0)
-        if method.trains_text_encoder:
-            text_encoder = trained.pop(0)
+        if method.trains_denoiser:
+            denoiser = trained.pop(0)
+        for name in te_names:
+            encoders[name] = trained.pop(0)
 
         ema = None
         if t.use_ema:
-            from diffusers import UNet2DConditionModel
-
-            base_unet = accelerator.unwrap_model(unet)
+            base_denoiser = accelerator.unwrap_model(denoiser)
             ema = EMAModel(
-                base_unet.parameters(),
+                base_denoiser.parameters(),
                 decay=t.ema_decay,
-                model_cls=UNet2DConditionModel,
-                model_config=base_unet.config,
+                model_cls=type(base_denoiser),
+                model_config=base_denoiser.config,
             )
             ema.to(device)
             accelerator.register_for_checkpointing(ema)
@@ -441,18 +460,19 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         def _evaluate_main(step: int, final: bool) -> None:
             from dreambooth_sweep.evaluate import EvalContext
 
-            live_unet = accelerator.unwrap_model(unet)
-            live_te = accelerator.unwrap_model(text_encoder)
-            with untouched_training_state(live_unet, live_te), _ema_weights(ema, live_unet):
+            live = _unwrapped(accelerator, family.denoiser, denoiser, encoders)
+            live_denoiser = live[family.denoiser]
+            with untouched_training_state(*live.values()), _ema_weights(ema, live_denoiser):
                 result = eval_hook(
                     EvalContext(
                         step=step,
                         final=final,
                         components=comps,
-                        unet=live_unet,
-                        text_encoder=live_te,
+                        unet=live_denoiser,
+                        text_encoder=live[family.text_encoders[0]],
                         device=device,
                         dtype=weight_dtype,
+                        modules=live,
                     )
                 )
             metrics = dict(result.metrics)
@@ -482,7 +502,6 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         batches_per_epoch = len(loader)
         micro = global_step * t.gradient_accumulation_steps
         epoch, skip = divmod(micro, batches_per_epoch)
-        prediction_type = noise_scheduler.config.prediction_type
         bar = tqdm(
             total=t.max_steps,
             initial=global_step,
@@ -500,11 +519,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             for index, batch in enumerate(loader):
                 if index < skip:  # replaying a resumed epoch up to where the checkpoint was taken
                     continue
-                models = [
-                    m
-                    for m, on in ((unet, method.unet_active), (text_encoder, method.text_encoder_active))
-                    if on
-                ]
+                models = [denoiser] if method.denoiser_active else []
+                models += [encoders[name] for name in te_names] if method.text_encoder_active else []
                 with accelerator.accumulate(*models):
                     with torch.no_grad():
                         if latent_cache is not None:
@@ -515,58 +531,44 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             moments = encode_moments(
                                 vae, batch["pixel_values"].to(device, dtype=weight_dtype)
                             )
-                        # A fresh sample of each image's latent distribution every step, cached or not.
-                        latents = DiagonalGaussianDistribution(moments).sample(generator=noise_gen)
-                        latents = latents.float() * vae.config.scaling_factor
+                        # A fresh sample of each image's latent distribution every step, cached or not,
+                        # shifted and scaled as the family's denoiser expects.
+                        latents = family.latents(comps, moments, noise_gen)
                     noise = torch.randn(latents.shape, generator=noise_gen, device=device)
                     if t.noise_offset:
                         # Offset noise: a per-channel constant lets the model shift overall brightness.
                         noise += t.noise_offset * torch.randn(
                             (*latents.shape[:2], 1, 1), generator=noise_gen, device=device
                         )
-                    timesteps = torch.randint(
-                        0,
-                        noise_scheduler.config.num_train_timesteps,
-                        (latents.shape[0],),
-                        generator=noise_gen,
-                        device=device,
-                    )
-                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    # Timesteps (DDPM) or noise levels (flow matching), the noisy input and the target.
+                    noised = family.noise(comps, latents, noise, noise_gen, t)
                     input_ids = batch["input_ids"].to(device)
-                    # A frozen UNet (textual inversion) still passes gradients back to the embedding; it runs
-                    # unwrapped (no DDP sync of weights that do not train) under the mixed-precision autocast.
-                    denoiser = unet if method.unet_active else accelerator.unwrap_model(unet)
+                    # A frozen denoiser (textual inversion) still passes gradients back to the embedding; it
+                    # runs unwrapped (no DDP sync of weights that do not train) under the mixed-precision autocast.
+                    net = denoiser if method.denoiser_active else accelerator.unwrap_model(denoiser)
+
+                    def encode(ids: torch.Tensor = input_ids) -> Any:
+                        return family.encode_prompt(comps, ids, encoders)
+
                     with accelerator.autocast():
                         if method.text_encoder_active:
                             if text_cache is not None:
                                 text_cache.clear()  # its weights move in this step: cached states go stale
-                            encoder_states = text_encoder(input_ids)[0]
+                            cond = encode()
                         else:  # frozen: each distinct prompt (caption) encoded alone, cached or not
                             with torch.no_grad():
-                                encoder_states = encode_rows(
-                                    input_ids, lambda ids: text_encoder(ids)[0], text_cache
-                                )
-                        pred = denoiser(noisy, timesteps, encoder_states).sample
-                    if prediction_type == "epsilon":
-                        target = noise
-                    elif prediction_type == "v_prediction":
-                        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-                    else:
-                        raise ConfigError(
-                            f"unsupported prediction_type {prediction_type!r} in the model's scheduler config"
-                        )
+                                cond = encode_rows(input_ids, encode, text_cache)
+                        pred = family.predict(net, comps, noised, cond, batch)
                     # Per-example loss, so Min-SNR weights and the instance/class split line up example by example.
-                    per_element = F.mse_loss(pred.float(), target.float(), reduction="none")
+                    per_element = F.mse_loss(pred.float(), noised.target.float(), reduction="none")
+                    if noised.weighting is not None:  # flow matching's loss weighting (1 for "none")
+                        per_element = noised.weighting.float() * per_element
                     weights = data_lib.latent_weights(batch["masks"], latents.shape[-2:], device)
                     if weights is not None:  # masks: background pixels weigh data.mask_loss_weight
                         per_element = per_element * weights
-                    per_example = per_element.mean(dim=(1, 2, 3))
+                    per_example = per_element.mean(dim=tuple(range(1, per_element.ndim)))
                     if t.snr_gamma is not None:
-                        snr = compute_snr(noise_scheduler, timesteps)
-                        clipped = torch.clamp(snr, max=t.snr_gamma)
-                        per_example = per_example * (
-                            clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
-                        )
+                        per_example = per_example * family.min_snr_weights(comps, noised, t.snr_gamma)
                     if p.enabled:
                         instance_loss, prior_loss = per_example.chunk(
                             2
@@ -591,8 +593,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 global_step += 1
                 method.after_step()  # e.g. put back the embedding rows textual inversion must not move
                 loss_value = accelerator.gather(loss.detach()).mean().item()
-                if ema is not None and method.unet_active:
-                    ema.step(accelerator.unwrap_model(unet).parameters())
+                if ema is not None and method.denoiser_active:
+                    ema.step(accelerator.unwrap_model(denoiser).parameters())
                 train_lr = lr_scheduler.get_last_lr()[method.lr_group]
                 # The next step's weights: the text encoder stops after text_encoder_steps, textual inversion
                 # hands over to DreamBooth after ti_steps. Frozen weights get no grads: AdamW skips them.
@@ -611,7 +613,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             t.checkpoints_total_limit,
                             method.text_encoder_active,
                             weights=lambda folder: method.save_checkpoint_files(
-                                folder, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
+                                folder, _unwrapped(accelerator, family.denoiser, denoiser, encoders)
                             ),
                         )
                 is_last = global_step >= t.max_steps
@@ -623,7 +625,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             epoch, skip = epoch + 1, 0
         bar.close()
 
-        # 7. Final weights as a diffusers pipeline (EMA weights when EMA is on).
+        # 7. Final weights in the family's diffusers formats (EMA weights when EMA is on).
         results = {
             "train/loss": loss_value,
             "final_step": float(global_step),
@@ -636,9 +638,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             results.update(objective=-loss_value, best_step=float(global_step))
         accelerator.wait_for_everyone()
         if t.save_final and accelerator.is_main_process:
-            model_dir, weight_files = _save_final(
-                method, accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder), ema, out
-            )
+            live = _unwrapped(accelerator, family.denoiser, denoiser, encoders)
+            model_dir, weight_files = _save_final(method, live, family.denoiser, ema, out)
             tracker.set_tags({"model_path": str(model_dir.resolve())})
             for name in weight_files:  # LoRA / embedding files are small: always tracked
                 tracker.log_artifact(model_dir / name, artifact_path="weights")
@@ -671,18 +672,27 @@ def _make_optimizer(t: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.
     return torch.optim.AdamW(groups, **kwargs, fused=fused or None)
 
 
+def _unwrapped(
+    accelerator: Any, denoiser_name: str, denoiser: Any, encoders: dict[str, Any]
+) -> dict[str, torch.nn.Module]:
+    """The live training modules without their accelerate wrappers, by pipeline name."""
+    live = {denoiser_name: accelerator.unwrap_model(denoiser)}
+    live.update({name: accelerator.unwrap_model(module) for name, module in encoders.items()})
+    return live
+
+
 @contextmanager
-def _ema_weights(ema: Any, unet: torch.nn.Module) -> Iterator[None]:
+def _ema_weights(ema: Any, denoiser: torch.nn.Module) -> Iterator[None]:
     """Evaluate the EMA weights when EMA is on, then put the raw training weights back."""
     if ema is None:
         yield
         return
-    ema.store(unet.parameters())
-    ema.copy_to(unet.parameters())
+    ema.store(denoiser.parameters())
+    ema.copy_to(denoiser.parameters())
     try:
         yield
     finally:
-        ema.restore(unet.parameters())
+        ema.restore(denoiser.parameters())
 
 
 def _save_checkpoint(
@@ -721,14 +731,17 @@ def _save_checkpoint(
     log.info("checkpoint saved: %s", final)
 
 
-def _save_final(method: Method, unet: Any, text_encoder: Any, ema: Any, out: Path) -> tuple[Path, list[str]]:
-    """The method's weights in diffusers' formats under ``<out>/model``; returns it and its small files."""
+def _save_final(
+    method: Method, live: dict[str, Any], denoiser_name: str, ema: Any, out: Path
+) -> tuple[Path, list[str]]:
+    """The method's weights in the family's diffusers formats under ``<out>/model``; returns it and its
+    small files."""
     if ema is not None:
-        ema.copy_to(unet.parameters())
+        ema.copy_to(live[denoiser_name].parameters())
     final, tmp = out / "model", out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     with _writing(tmp, "the final model"):
-        files = method.save(tmp, unet, text_encoder)
+        files = method.save(tmp, live)
     atomic_replace_dir(tmp, final)
     log.info("model saved: %s (%s)", final, ", ".join(sorted(f.name for f in final.iterdir())))
     return final, files

@@ -91,3 +91,34 @@ def make_cfg(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> Callable[..., D
         )
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_family(cache_dir: Path) -> Callable[[str], Path]:
+    """``tiny_family("sdxl")`` (also "sd3", "flux"): the cached tiny build's folder, built once per session."""
+    from dreambooth_sweep.tiny import ensure_tiny
+
+    return lambda kind: ensure_tiny(kind, cache_dir)
+
+
+@pytest.fixture
+def family_cfg(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> Callable[..., DictConfig]:
+    """Compose the real config for a tiny CPU run of ``model`` (tiny_sdxl, tiny_sd3, tiny_flux)."""
+
+    def _make(model: str, *overrides: str, run: str = "run") -> DictConfig:
+        base = [
+            f"model={model}",
+            "eval=tiny",
+            "tracking=none",
+            f"paths.root_dir={tmp_path}",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.output_dir={tmp_path / run}",
+            f"data.instance_dir={demo_dir}",
+            "data.generate_demo=false",
+            "train.max_steps=2",
+            "train.lr=1e-3",
+            "eval.enabled=false",
+        ]
+        return compose_config([*base, *overrides])
+
+    return _make

@@ -97,7 +97,7 @@ def test_eval_scheduler_names_match_the_model_layer() -> None:
     [
         ("train.learning_rate=1e-6", ["train.learning_rate", "spelling"]),
         ("train.max_steps=abc", ["train.max_steps=abc", "Integer"]),
-        ("model=sd99", ["model/sd99", "sd15 sd21 tiny"]),
+        ("model=sd99", ["model/sd99", "sd15 sd21 sd35 sdxl tiny"]),
     ],
 )
 def test_compose_errors_fold_into_one_line_with_a_fix(override: str, needles: list[str]) -> None:

@@ -48,6 +48,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         caption_dropout: probability that an instance prompt is the empty prompt.
         templates: prompts drawn per example for photos without a caption (``method.ti_templates``).
         prompt_fn: turns a prompt into what the tokenizer needs (multi-vector tokens spelled out).
+        tokenize: ``prompt -> ids`` instead of ``tokenizer`` (a model family's, for several tokenizers).
         buckets: aspect-ratio buckets; None: every example is the square ``resolution``.
         mask_loss_weight: the loss weight of background pixels; None: masks are not used.
     """
@@ -69,6 +70,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         prompt_fn: Callable[[str], str] | None = None,
         buckets: Sequence[Bucket] | None = None,
         mask_loss_weight: float | None = None,
+        tokenize: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.instances = [
             i if isinstance(i, Instance) else Instance(Path(f"image-{n}"), i) for n, i in enumerate(instances)
@@ -89,10 +91,13 @@ class DreamBoothDataset(torch.utils.data.Dataset):
             nearest_bucket(i.image.size, self.buckets) if self.buckets else square for i in self.instances
         ]
         self._tokenizer = tokenizer
+        self._tokenize = tokenize  # a model family's: every tokenizer's ids side by side in one row
         self._ids: dict[str, torch.Tensor] = {}
 
     def ids(self, prompt: str) -> torch.Tensor:
         """The prompt's token ids (padded to the tokenizer's length), tokenized once per prompt."""
+        if prompt not in self._ids and self._tokenize is not None:
+            self._ids[prompt] = self._tokenize(prompt)
         if prompt not in self._ids:
             tok = self._tokenizer
             self._ids[prompt] = tok(
