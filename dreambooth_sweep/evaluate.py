@@ -28,6 +28,10 @@ embedding) without training::
 It first evaluates the base model (the baseline, ``base.png``), then the weights (``final.png``), and
 writes ``metrics.json`` (the weights' metrics) and ``metrics_base.json``. With no weights it evaluates
 the base model alone, whose score is then its DINO (nothing to lose prompt fidelity against).
+
+Why one piece (~650 lines): sampling, scoring, the step-0 baselines and the grid share one
+:class:`Evaluator` state (prompts subset, seeds, base images); the eval-only entry beside it is the
+same evaluator run outside training.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ The loop in ``train.py`` calls, in order::
     method.enter(step)                              # this step's trainable weights (start, resume, each step)
     method.after_step()                             # after each optimizer step: frozen rows put back
     method.save(folder, live)                       # the final weights (live: modules by pipeline name)
+
+Why one piece (~600 lines): the three parts (full weights, LoRA, new tokens) and the phase logic
+that switches between them share parameter groups, schedules and saving; splitting them would
+scatter one state machine over several files.
 """
 
 from __future__ import annotations
@@ -516,9 +520,8 @@ class Method:
         lambdas = []
         for group, index in zip(optimizer.param_groups, self._group_phase, strict=True):
             ph = self.phases[index]
-            probe = torch.optim.SGD(
-                [torch.zeros(1, requires_grad=True)], lr=group["lr"]
-            )  # polynomial reads its lr
+            # polynomial reads its lr
+            probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=group["lr"])
             schedule = get_scheduler(
                 t.lr_scheduler,
                 optimizer=probe,

@@ -27,6 +27,10 @@ What happens, in order:
 6. save the final weights in diffusers' formats under ``<run>/model``: a pipeline
    (``from_pretrained``), ``pytorch_lora_weights.safetensors`` (``load_lora_weights``) and/or
    ``learned_embeds.safetensors`` (``load_textual_inversion``).
+
+Why one file of ~750 lines: the training loop is meant to be read top to bottom, as in diffusers'
+examples and nanoGPT; what is not the loop (families, methods, data, caches, evaluation, tracking)
+lives in its own module.
 """
 
 from __future__ import annotations
@@ -349,9 +353,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         scale = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes if t.scale_lr else 1
         # Every phase's weights, one group each with its lr (train.lr, text_encoder_lr, method.ti_lr).
         optimizer = _make_optimizer(t, method.param_groups(scale))
-        lr_scheduler = method.lr_scheduler(
-            optimizer, num_processes=accelerator.num_processes
-        )  # one per phase
+        # one schedule per phase
+        lr_scheduler = method.lr_scheduler(optimizer, num_processes=accelerator.num_processes)
 
         dataset = data_lib.DreamBoothDataset(
             instances,
@@ -570,9 +573,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     if t.snr_gamma is not None:
                         per_example = per_example * family.min_snr_weights(comps, noised, t.snr_gamma)
                     if p.enabled:
-                        instance_loss, prior_loss = per_example.chunk(
-                            2
-                        )  # collate puts instance examples first
+                        # collate puts instance examples first
+                        instance_loss, prior_loss = per_example.chunk(2)
                         loss = instance_loss.mean() + p.loss_weight * prior_loss.mean()
                     else:
                         loss = per_example.mean()

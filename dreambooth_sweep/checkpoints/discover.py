@@ -28,6 +28,9 @@ and ``embeddings/`` levels do not count) and the file name's prefix; several gro
 tensor does; anything younger than ``settle_s`` or short of its header's length (and younger than
 ``incomplete_s``) is *pending* — skipped now, picked up by a later scan. A file that stays unreadable
 is skipped with a warning naming it; the rest is scored.
+
+Why one piece (~580 lines): every trainer's naming and metadata rules feed one ordering decision
+(step from metadata, then the name, then the last un-numbered file); they read best side by side.
 """
 
 from __future__ import annotations
