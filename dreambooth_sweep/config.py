@@ -19,19 +19,23 @@ from dreambooth_sweep.errors import ConfigError
 from dreambooth_sweep.samplers import FLOW_SCHEDULERS, SCHEDULERS
 
 __all__ = [
+    "CheckpointsConfig",
     "ConfigError",
     "DINO_PREPROCESS",
     "DataConfig",
     "EvalConfig",
+    "EvaluateConfig",
     "MethodConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "PathsConfig",
     "PriorConfig",
     "RunConfig",
+    "ScoringEvalConfig",
     "SweepContext",
     "TrackingConfig",
     "TrainConfig",
+    "WeightsConfig",
     "load_config",
     "register_configs",
     "validate",
@@ -263,10 +267,53 @@ class RunConfig:
     task_name: str = MISSING
 
 
+# ----------------------------------------------------------------------------- eval-only mode (conf/evaluate.yaml)
+
+
+@dataclass
+class WeightsConfig:
+    """``weights`` in ``conf/evaluate.yaml``: trained weights to score; all null scores the base model."""
+
+    model_dir: str | None = MISSING
+    lora: str | None = MISSING
+    embedding: str | None = MISSING
+    token: str | None = MISSING
+
+
+@dataclass
+class CheckpointsConfig:
+    """``checkpoints`` in ``conf/evaluate.yaml``: a folder of checkpoints to score (any trainer's)."""
+
+    dir: str | None = MISSING
+    watch: bool = MISSING
+    watch_idle_s: float = MISSING
+    poll_s: float = MISSING
+    settle_s: float = MISSING
+    incomplete_s: float = MISSING
+    out: str | None = MISSING
+
+
+@dataclass
+class ScoringEvalConfig(EvalConfig):
+    """``eval`` of eval-only mode: the training run's eval settings plus the LoRA strength axis."""
+
+    lora_scales: list[float] = MISSING
+
+
+@dataclass
+class EvaluateConfig(RunConfig):
+    """``conf/evaluate.yaml``: the groups of a run, plus what to score."""
+
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    checkpoints: CheckpointsConfig = field(default_factory=CheckpointsConfig)
+    eval: ScoringEvalConfig = field(default_factory=ScoringEvalConfig)
+
+
 def register_configs() -> None:
-    """Register the run schema so ``conf/train.yaml`` can put it first in its defaults list."""
+    """Register the schemas ``conf/train.yaml`` and ``conf/evaluate.yaml`` put first in their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
@@ -280,8 +327,6 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "train") -> Di
     from dreambooth_sweep.runtime import conf_dir
 
     register_configs()
-    if config_name == "evaluate":
-        import dreambooth_sweep.evaluate  # noqa: F401  (registers evaluate_schema)
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         return compose(config_name, overrides=list(overrides))
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dreambooth_sweep.tiny_text import text_config, write_clip_tokenizer
+
 __all__ = [
     "TINY_ID",
     "TINY_IDS",
@@ -37,93 +39,6 @@ TINY_ID = "tiny"
 # model.pretrained values that name an offline build -> its ensure_tiny kind
 TINY_IDS = {TINY_ID: "sd", "tiny_sdxl": "sdxl", "tiny_sd3": "sd3", "tiny_flux": "flux"}
 _BUILD_VERSION = "1"  # bump when the architecture below changes: cached builds are then rebuilt
-
-# Words that get whole-word tokens; everything else falls back to byte-level pieces.
-_WORDS = """a an the of in on with and photo picture image sks aawxbc dog cat toy figurine person man woman
-face red blue green purple pink white black yellow shiny wet cube shaped jungle snow beach cobblestone
-street top fabric wooden floor city mountain house background rug forest wheat field tree autumn leaves
-eiffel tower floating water ocean milk grass sunflowers around it mirror sidewalk crowded dirt road
-wearing hat santa rainbow scarf monocle chef outfit firefighter police glasses shirt wizard robot pig
-head potato mr kramer plush object subject style high quality""".split()  # noqa: SIM905 (a word list reads better as text)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """Byte → printable character table used by GPT-2/CLIP byte-level BPE."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def write_clip_tokenizer(directory: str | os.PathLike[str], model_max_length: int = 77) -> int:
-    """Write a CLIP tokenizer (vocab.json, merges.txt, configs) into ``directory``.
-
-    Returns:
-        The vocabulary size, to size the text encoder's embedding table.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for ch in byte_chars:
-        vocab[ch] = len(vocab)
-    for ch in byte_chars:
-        vocab[ch + "</w>"] = len(vocab)
-    merges: list[str] = []
-    for word in _WORDS:
-        symbols = list(word)
-        symbols[-1] += "</w>"
-        while len(symbols) > 1:
-            pair = f"{symbols[0]} {symbols[1]}"
-            merged = symbols[0] + symbols[1]
-            if merged not in vocab:
-                vocab[merged] = len(vocab)
-                merges.append(pair)
-            symbols = [merged, *symbols[2:]]
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": model_max_length,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    specials = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
-    return len(vocab)
-
-
-def _text_config(vocab_size: int, table_size: int | None = None, **sizes: Any):
-    """A CLIP text config for this module's tokenizer (its last two ids are BOS and EOS): the tiny
-    2-layer encoder unless ``sizes`` say otherwise; ``table_size`` rows of token embeddings (default:
-    one per token)."""
-    from transformers import CLIPTextConfig
-
-    tiny = dict(
-        vocab_size=table_size or vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
-    ids = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    return CLIPTextConfig(**{**tiny, **sizes, **ids})
 
 
 def _build_sd(directory: str | os.PathLike[str], seed: int, make_modules: Callable[[int], tuple]) -> Path:
@@ -153,7 +68,7 @@ def _tiny_modules(vocab_size: int, resolution: int) -> tuple[Any, Any, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    text_encoder = CLIPTextModel(_text_config(vocab_size))  # first: the seeded weights stay as they were
+    text_encoder = CLIPTextModel(text_config(vocab_size))  # first: the seeded weights stay as they were
     unet = UNet2DConditionModel(
         sample_size=resolution // 8,
         in_channels=4,
@@ -242,7 +157,7 @@ def sd15_modules(vocab_size: int) -> tuple[Any, Any, Any]:
         norm_num_groups=32,
         sample_size=512,
     )
-    text_config = _text_config(
+    clip_text = text_config(
         vocab_size,
         table_size=max(vocab_size, 49408),  # the embedding table of CLIP ViT-L/14
         hidden_size=768,
@@ -252,7 +167,7 @@ def sd15_modules(vocab_size: int) -> tuple[Any, Any, Any]:
         hidden_act="quick_gelu",
         projection_dim=768,
     )
-    return unet, vae, CLIPTextModel(text_config)
+    return unet, vae, CLIPTextModel(clip_text)
 
 
 def build_random_sd15(directory: str | os.PathLike[str], seed: int = 0) -> Path:
@@ -271,7 +186,7 @@ def build_tiny_clip(directory: str | os.PathLike[str], seed: int = 0, image_size
     torch.manual_seed(seed)
     vocab_size = write_clip_tokenizer(directory)
     CLIPTokenizer.from_pretrained(directory)  # fail here, not later, if the files are unusable
-    text = _text_config(vocab_size).to_dict()
+    text = text_config(vocab_size).to_dict()
     vision = dict(
         image_size=image_size,
         patch_size=8,

@@ -281,7 +281,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         cfg: a composed run config (``conf/train.yaml``).
         eval_hook: called with an ``EvalContext`` at step 0 and every ``eval.every_n_steps``; returns
             an object with ``metrics`` (dict, ``eval/score`` included) and optionally ``grid``. None
-            builds the standard :class:`~dreambooth_sweep.evaluate.Evaluator` when ``eval.enabled``.
+            builds the standard :class:`~dreambooth_sweep.evaluator.Evaluator` when ``eval.enabled``.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -331,7 +331,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         if t.cache_text_embeddings:
             # Encoders that never train (T5) encode every prompt this run will see once, then leave
             # the device: the FLUX / SD3 memory lever. A no-op for CLIP-only families.
-            from dreambooth_sweep.evaluate import evaluation_prompts
+            from dreambooth_sweep.evaluator import evaluation_prompts
 
             prompts = [method.prompt(cfg.data.instance_prompt), *([p.class_prompt] if p.enabled else [])]
             family.offload_frozen_encoders(comps, [*prompts, *evaluation_prompts(cfg)], device)
@@ -431,7 +431,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         # 5. Evaluation hook and trial reporting.
         reporter = TrialReporter.from_context(cfg.sweep, run_dir=out)  # best score/step; pruning in a sweep
         if eval_hook is None and cfg.eval.enabled:
-            from dreambooth_sweep.evaluate import Evaluator
+            from dreambooth_sweep.evaluator import Evaluator
 
             eval_hook = Evaluator(cfg, instance_images, out, Path(cfg.paths.cache_dir), device)
         if getattr(eval_hook, "suite", None) is not None:
@@ -461,7 +461,7 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                 raise stop
 
         def _evaluate_main(step: int, final: bool) -> None:
-            from dreambooth_sweep.evaluate import EvalContext
+            from dreambooth_sweep.evaluator import EvalContext
 
             live = _unwrapped(accelerator, family.denoiser, denoiser, encoders)
             live_denoiser = live[family.denoiser]

@@ -21,7 +21,8 @@ from PIL import Image
 
 from dreambooth_sweep.config import ConfigError
 from dreambooth_sweep.data import load_instance_images
-from dreambooth_sweep.evaluate import (
+from dreambooth_sweep.evaluate import evaluate
+from dreambooth_sweep.evaluator import (
     COL_LABEL_H,
     GAP,
     LABEL_W,
@@ -30,7 +31,6 @@ from dreambooth_sweep.evaluate import (
     EvalContext,
     Evaluator,
     _wrap,
-    evaluate,
     make_grid,
 )
 from dreambooth_sweep.metrics import main as metrics_main

@@ -5,7 +5,7 @@
 
 The base model is loaded once; step 0 is scored on it untouched (the baseline of ``eval/score``), then
 every checkpoint is applied (:mod:`~dreambooth_sweep.checkpoints.apply`), scored at each strength with
-the same :class:`~dreambooth_sweep.evaluate.Evaluator` training uses (prompts, seeds, sampler,
+the same :class:`~dreambooth_sweep.evaluator.Evaluator` training uses (prompts, seeds, sampler,
 metrics; all prompts at the last checkpoint of a run, the fixed subset in between) and taken off.
 
 **What is written** (``<out>`` is the Hydra run dir, or ``checkpoints.out``): one *job folder* per
@@ -102,7 +102,7 @@ class _Scorer:
     # -- setup
 
     def load(self) -> None:
-        from dreambooth_sweep.evaluate import Evaluator
+        from dreambooth_sweep.evaluator import Evaluator
 
         comps = load_base(self.cfg)
         for module in (comps.unet, comps.text_encoder, comps.vae):
@@ -188,7 +188,7 @@ class _Scorer:
     # -- scoring
 
     def score_base(self) -> None:
-        from dreambooth_sweep.evaluate import EvalContext
+        from dreambooth_sweep.evaluator import EvalContext
 
         comps = self.components
         self.evaluator.sample_root = self.out / "base" / "samples"
@@ -219,7 +219,7 @@ class _Scorer:
             job.files[step] = str(ckpt.parts.get("lora") or ckpt.parts.get("embedding") or ckpt.path)
 
     def score(self, ckpt: Checkpoint, final: bool, many: bool, bar: Any) -> None:
-        from dreambooth_sweep.evaluate import EvalContext
+        from dreambooth_sweep.evaluator import EvalContext
 
         scales = self.scales if ckpt.kind == "lora" else [1.0]
         with self.applier.applied(ckpt) as on:

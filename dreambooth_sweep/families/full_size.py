@@ -42,7 +42,7 @@ def sdxl_modules(vocab_size: int) -> dict[str, Any]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreambooth_sweep.tiny import _text_config
+    from dreambooth_sweep.tiny_text import text_config
 
     table = max(vocab_size, 49408)
     unet = UNet2DConditionModel(
@@ -67,8 +67,8 @@ def sdxl_modules(vocab_size: int) -> dict[str, Any]:
         hidden_act="gelu", projection_dim=1280,
     )  # fmt: skip
     return {
-        "text_encoder": CLIPTextModel(_text_config(vocab_size, table_size=table, **CLIP_L)),
-        "text_encoder_2": CLIPTextModelWithProjection(_text_config(vocab_size, table_size=table, **big_g)),
+        "text_encoder": CLIPTextModel(text_config(vocab_size, table_size=table, **CLIP_L)),
+        "text_encoder_2": CLIPTextModelWithProjection(text_config(vocab_size, table_size=table, **big_g)),
         "vae": _big_vae(4, sample_size=1024, scaling_factor=0.13025),
         "unet": unet,
     }
@@ -80,7 +80,7 @@ def flux_modules(vocab_size: int, t5_vocab_size: int) -> dict[str, Any]:
     from diffusers import FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from dreambooth_sweep.tiny import _text_config
+    from dreambooth_sweep.tiny_text import text_config
 
     t5 = T5Config(
         vocab_size=max(t5_vocab_size, 32128), d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
@@ -104,7 +104,7 @@ def flux_modules(vocab_size: int, t5_vocab_size: int) -> dict[str, Any]:
         use_post_quant_conv=False,
     )  # fmt: skip
     return {
-        "text_encoder": CLIPTextModel(_text_config(vocab_size, table_size=max(vocab_size, 49408), **CLIP_L)),
+        "text_encoder": CLIPTextModel(text_config(vocab_size, table_size=max(vocab_size, 49408), **CLIP_L)),
         "text_encoder_2": T5EncoderModel(t5),
         "vae": vae,
         "transformer": transformer,
@@ -117,7 +117,7 @@ def _tokenizers(t5: bool) -> dict[str, Any]:
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     from dreambooth_sweep.families.tiny import write_t5_tokenizer
-    from dreambooth_sweep.tiny import write_clip_tokenizer
+    from dreambooth_sweep.tiny_text import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as clip_dir, tempfile.TemporaryDirectory() as t5_dir:
         write_clip_tokenizer(clip_dir)

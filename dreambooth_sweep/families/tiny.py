@@ -22,7 +22,7 @@ T5_LENGTH = 64  # T5 tokens of the tiny models (model.max_sequence_length of tin
 def _clip_tokenizer() -> tuple[Any, int]:
     from transformers import CLIPTokenizer
 
-    from dreambooth_sweep.tiny import write_clip_tokenizer
+    from dreambooth_sweep.tiny_text import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tok_dir:
         vocab_size = write_clip_tokenizer(tok_dir)
@@ -54,12 +54,12 @@ def build_tiny_sdxl(directory: str | os.PathLike[str], seed: int = 0, resolution
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreambooth_sweep.tiny import _text_config
+    from dreambooth_sweep.tiny_text import text_config
 
     torch.manual_seed(seed)
     tokenizer, vocab_size = _clip_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(vocab_size))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size, projection_dim=32))
+    text_encoder = CLIPTextModel(text_config(vocab_size))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(vocab_size, projection_dim=32))
     unet = UNet2DConditionModel(
         sample_size=resolution // 8,
         in_channels=4,
@@ -169,12 +169,12 @@ def build_tiny_flux(directory: str | os.PathLike[str], seed: int = 0, resolution
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from dreambooth_sweep.tiny import _text_config
+    from dreambooth_sweep.tiny_text import text_config
 
     torch.manual_seed(seed)
     tokenizer, vocab_size = _clip_tokenizer()
     tokenizer_2, t5_size = _t5_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(vocab_size))
+    text_encoder = CLIPTextModel(text_config(vocab_size))
     text_encoder_2 = _t5_encoder(t5_size, 32)
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -224,13 +224,13 @@ def build_tiny_sd3(directory: str | os.PathLike[str], seed: int = 0, resolution:
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from dreambooth_sweep.tiny import _text_config
+    from dreambooth_sweep.tiny_text import text_config
 
     torch.manual_seed(seed)
     tokenizer, vocab_size = _clip_tokenizer()
     tokenizer_3, t5_size = _t5_tokenizer()
-    text_encoder = CLIPTextModelWithProjection(_text_config(vocab_size, projection_dim=32))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size, projection_dim=32))
+    text_encoder = CLIPTextModelWithProjection(text_config(vocab_size, projection_dim=32))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(vocab_size, projection_dim=32))
     text_encoder_3 = _t5_encoder(t5_size, 64)
     transformer = SD3Transformer2DModel(
         sample_size=resolution // 8,
