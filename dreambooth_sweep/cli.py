@@ -107,6 +107,7 @@ def _score_checkpoints(args: argparse.Namespace) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         sys.argv = argv
+    return 0
 
 
 def _check_data(args: argparse.Namespace) -> int:

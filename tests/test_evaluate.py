@@ -331,10 +331,9 @@ def test_eval_only_cli_two_schedulers(tmp_path: Path, cache_dir: Path, demo_dir:
     assert len(jobs) == 2
     for job, scheduler in zip(jobs, ["ddim", "dpm++"], strict=True):
         metrics = json.loads((job / "metrics.json").read_text())
-        assert metrics["eval/score"] == pytest.approx(
-            metrics["eval/dino"]
-        )  # base model alone: its own baseline
+        # the base model alone: its own baseline
+        assert metrics["eval/score"] == pytest.approx(metrics["eval/dino"])
         grid = Image.open(job / "samples" / "base.png")
-        assert grid.width == LABEL_W + 2 * 64
+        assert grid.width == LABEL_W + 2 * 64 + TILE_GAP  # two seeds, one gap between them
         assert OmegaConf.load(job / ".hydra" / "config.yaml").eval.scheduler == scheduler
         assert f"{job / 'metrics.json'}" in proc.stdout

@@ -195,10 +195,10 @@ def test_trials_in_one_process_load_the_base_model_once_and_start_pristine(
     )
     metrics.clear_model_cache()
     built = []
-    for kind, builder in list(metrics._BUILDERS.items()):
-        monkeypatch.setitem(
-            metrics._BUILDERS, kind, lambda *a, _b=builder, _k=kind: built.append(_k) or _b(*a)
-        )
+    from dreambooth_sweep.metrics import backbones
+
+    real_build = backbones._build
+    monkeypatch.setattr(backbones, "_build", lambda slot, *a: built.append(slot) or real_build(slot, *a))
 
     from dreambooth_sweep.evaluate import Evaluator
 
