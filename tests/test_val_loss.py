@@ -180,11 +180,11 @@ def test_a_sweep_prunes_on_the_validation_loss(tmp_path: Path, cache_dir: Path, 
     args = [
         *tiny_overrides(tmp_path, cache_dir, demo_dir, steps=6, evaluate=True),
         "train.num_threads=1", "eval.every_n_steps=6", "eval.val_loss_every_n_steps=2",
-        "eval.metrics=[dino]", "eval.seeds=[0]", "eval.num_inference_steps=2", "eval.class_prompt_images=1",
+        "eval.metrics=[dino,clip_t]", "eval.seeds=[0]", "eval.num_inference_steps=2", "eval.class_prompt_images=1",
         "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=vl",
         f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"hydra.sweep.dir={tmp_path}/multirun",
-        "hydra.sweeper.prune_on=val/instance_loss", "hydra.callbacks.report.enabled=false",
-        "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: -0.5}",
+        "hydra.sweeper.prune_on=val/instance_loss",
+        "++hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: -0.5}",
         "train.lr=interval(1e-4, 1e-3)",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -198,3 +198,5 @@ def test_a_sweep_prunes_on_the_validation_loss(tmp_path: Path, cache_dir: Path, 
         history = _history(job)
         assert sorted(history) == [0, 2]  # stopped at the first loss after step 0, before any image step
         assert trial.intermediate_values == {2: -history[2]["val/instance_loss"]}
+    # the sweep's report reads histories whose rows carry val/* only
+    assert (tmp_path / "multirun" / "report" / "index.html").exists()
