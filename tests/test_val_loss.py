@@ -117,15 +117,39 @@ def test_training_is_untouched_and_the_loss_is_logged(make_cfg) -> None:
     assert "val/instance_loss" not in _history(runs["without"][1])[0]
 
 
-def test_the_loss_drops_on_the_instance_images(make_cfg) -> None:
-    cfg = make_cfg(
-        "eval.enabled=true", "eval.every_n_steps=1000", "eval.val_loss_every_n_steps=10",
-        "train.max_steps=30", "train.lr=1e-3", "train.batch_size=2",
+def test_the_loss_drops_on_the_instance_images(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> None:
+    overrides = tiny_overrides(
+        tmp_path, cache_dir, demo_dir, "eval.every_n_steps=1000", "eval.val_loss_every_n_steps=10",
+        "train.lr=1e-3", "train.batch_size=2", "train.num_threads=1",
+        steps=30, evaluate=True, tracking=True, output_dir=tmp_path / "run",
     )  # fmt: skip
-    train(cfg, eval_hook=NoImages())
-    history = _history(Path(cfg.paths.output_dir))
+    train(compose_config(overrides), eval_hook=NoImages())
+    history = _history(tmp_path / "run")
     curve = [history[s]["val/instance_loss"] for s in (0, 10, 20, 30)]
     assert curve[-1] < 0.9 * curve[0], curve
+    # the same values in the real MLflow store, at their steps
+    from mlflow import MlflowClient
+
+    from dreambooth_sweep.tracking.store import default_uri
+
+    client = MlflowClient(default_uri(tmp_path / "outputs"))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/instance_loss")}
+    assert logged == pytest.approx(dict(zip((0, 10, 20, 30), curve, strict=True)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.val_loss_every_n_steps=-1", "eval.val_loss_every_n_steps=-1 cannot be negative"),
+        ("eval.val_loss_timesteps=0", "eval.val_loss_timesteps=0 must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(make_cfg, override: str, message: str) -> None:
+    from dreambooth_sweep.config import validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(override))
 
 
 def test_tiny_flux_flow_matching(family_cfg, tiny_family) -> None:
