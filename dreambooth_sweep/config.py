@@ -213,6 +213,7 @@ class EvalConfig:
     reuse_base_samples: bool = MISSING
     val_loss_every_n_steps: int = MISSING
     val_loss_timesteps: int = MISSING
+    val_loss_batch_size: int = MISSING
     val_loss_seed: int | None = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -464,6 +465,11 @@ def validate(cfg: DictConfig | Any) -> None:
         _fail(
             f"eval.val_loss_timesteps={cfg.eval.val_loss_timesteps} must be at least 1",
             "3 or more fill every noise band (low, mid, high)",
+        )
+    if cfg.eval.get("val_loss_every_n_steps", 0) and cfg.eval.get("val_loss_batch_size", 1) < 1:
+        _fail(
+            f"eval.val_loss_batch_size={cfg.eval.val_loss_batch_size} must be at least 1",
+            "set how many images x noise levels go through the denoiser at once (e.g. 16)",
         )
 
 

@@ -21,7 +21,9 @@ training's (the family's target and flow-matching weighting), without Min-SNR we
 offset noise, which would make it depend on training options rather than the model.
 
 Prior preservation uses the first class images, as many as there are instance photos (at least 1):
-enough for a drift signal, at a bounded cost.
+enough for a drift signal, at a bounded cost. Examples go through the denoiser in fixed batches of
+``eval.val_loss_batch_size`` (same-shaped latents together), each prompt is encoded once per call, and
+per-example losses are summed in a fixed order: the same weights give bit-identical values.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dreambooth_sweep.caches import encode_moments, encode_rows
+from dreambooth_sweep.caches import TextEmbeddingCache, encode_moments, encode_rows
 from dreambooth_sweep.data.transforms import place, to_tensor
 from dreambooth_sweep.families.base import pick
 
@@ -98,7 +100,7 @@ class ValidationLoss:
         self.comps, self.family, self.device = comps, comps.family, device
         self.train_cfg = cfg.train
         self.k = int(e.val_loss_timesteps)
-        self.batch_size = int(e.batch_size)
+        self.batch_size = int(e.val_loss_batch_size)
         seed = e.val_loss_seed if e.val_loss_seed is not None else cfg.train.seed
         generator = torch.Generator("cpu").manual_seed(int(seed))  # the loss's own: no other stream moves
         resolution = int(cfg.data.resolution)
@@ -169,6 +171,7 @@ class ValidationLoss:
         encoders = {name: pick(comps, live, name) for name in family.text_encoders}
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        prompts = TextEmbeddingCache()  # each prompt encoded once per call (the encoders may train)
         for batch in self._batches():
             latents = torch.stack([ex.latents for ex in batch])
             noise = torch.stack([ex.noise for ex in batch])
@@ -179,7 +182,7 @@ class ValidationLoss:
             def encode(row: torch.Tensor) -> Any:
                 return family.encode_prompt(comps, row, encoders)
 
-            cond = encode_rows(input_ids, encode)  # each prompt alone: independent of the batch
+            cond = encode_rows(input_ids, encode, prompts)  # each prompt alone: independent of the batch
             extra = {
                 "original_sizes": [ex.original_size for ex in batch],
                 "crop_top_left": [ex.crop_top_left for ex in batch],

@@ -56,7 +56,7 @@ def test_quantiles_and_bands() -> None:
 
 
 def test_fixed_inputs_give_bit_identical_losses(make_cfg, cache_dir: Path, demo_dir: Path) -> None:
-    cfg = make_cfg("eval.val_loss_timesteps=3", "eval.batch_size=4")
+    cfg = make_cfg("eval.val_loss_timesteps=3", "eval.val_loss_batch_size=4")
     comps = load_components(cfg.model, cache_dir)
     photos = _photos(demo_dir)
 
