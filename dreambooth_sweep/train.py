@@ -510,8 +510,6 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             tracker.log_metrics(metrics, step=step)
             if getattr(result, "grid", None) is not None:
                 tracker.log_image(result.grid, key="samples", step=step)
-            if step > 0:  # hydra.sweeper.prune_on other than eval/score (may raise optuna.TrialPruned)
-                reporter.report_signal(metrics, step, final=final)
             score = metrics.get("eval/score") if images else None
             # Step 0 is the untouched base model: the baseline every score is measured against, never a
             # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
@@ -525,6 +523,8 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     reporter.best_score,
                     reporter.best_step,
                 )
+            if step > 0:  # after the score is recorded: hydra.sweeper.prune_on=val/* may stop the trial here
+                reporter.report_signal(metrics, step, final=final)
 
         # 6. The loop. One optimizer step = gradient_accumulation_steps micro-batches.
         if global_step == 0:
