@@ -224,3 +224,20 @@ def test_a_sweep_prunes_on_the_validation_loss(tmp_path: Path, cache_dir: Path, 
         assert trial.intermediate_values == {2: -history[2]["val/instance_loss"]}
     # the sweep's report reads histories whose rows carry val/* only
     assert (tmp_path / "multirun" / "report" / "index.html").exists()
+
+
+@pytest.mark.parametrize("model", ["tiny_sdxl", "tiny_sd3"])
+def test_other_families(model: str, family_cfg, tiny_family, demo_dir: Path) -> None:
+    """SDXL (time ids from each photo's geometry) and SD3 (flow matching, three text encoders)."""
+    tiny_family(model.removeprefix("tiny_"))
+    cfg = family_cfg(model, "eval.val_loss_timesteps=3")
+    comps = load_components(cfg.model, cfg.paths.cache_dir)
+    photos = _photos(demo_dir)
+    loss = ValidationLoss(
+        cfg, comps, photos, [(64, 64)] * 3, ["a photo of sks toy"] * 3, device=torch.device("cpu"),
+        dtype=torch.float32,
+    )  # fmt: skip
+    with torch.no_grad():
+        first, second = loss({}), loss({})
+    assert first == second and set(first) == {"val/instance_loss", *BANDS}
+    assert all(math.isfinite(v) for v in first.values())
