@@ -108,7 +108,7 @@ class ValidationLoss:
             (i.image, size, prompt, "instance")
             for i, size, prompt in zip(instances, sizes, prompts, strict=True)
         ]
-        n_class = max(1, len(instances)) if class_images else 0
+        n_class = min(max(1, len(instances)), len(class_images))
         images += [
             (im, (resolution, resolution), class_prompt or "", "prior") for im in list(class_images)[:n_class]
         ]
@@ -135,7 +135,7 @@ class ValidationLoss:
                             stream,
                             placed.original_size,
                             placed.crop_top_left,
-                        )  # fmt: skip
+                        )
                     )
         self.has_prior = n_class > 0
         log.info(

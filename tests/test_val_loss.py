@@ -184,6 +184,14 @@ def test_prune_on_a_metric_reports_it_in_the_study_direction(tmp_path: Path) -> 
         frozen = study.trials[0]
         assert frozen.intermediate_values == {2: sign * 1.25}
         assert reporter.best_score == 0.5 and frozen.user_attrs["best_score"] == 0.5
+        assert (frozen.user_attrs["prune_on"], frozen.user_attrs["prune_sign"]) == ("val/instance_loss", sign)
+        # a report from the study alone (no run folders) shows the loss itself, not the negated value
+        from dreambooth_sweep.report.model import Trial
+        from dreambooth_sweep.report.sources import _merge_study
+
+        trials: dict[int, Trial] = {}
+        _merge_study(trials, [frozen])
+        assert trials[0].history[2] == {"val/instance_loss": 1.25}
 
 
 def test_prune_on_val_loss_needs_the_loss(make_cfg, tmp_path: Path) -> None:

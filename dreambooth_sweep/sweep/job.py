@@ -125,6 +125,7 @@ class TrialReporter:
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"direction must be maximize or minimize, got {direction!r}")
         self.direction = direction
+        self._signal_named = False
         self.best = BestTracker(maximize=direction == "maximize")
 
     @classmethod
@@ -214,8 +215,17 @@ class TrialReporter:
         if raw is None:
             return
         raw = float(raw)
-        flip = lower_is_better(self.prune_on) == (self.direction == "maximize")
-        self._prune(-raw if flip else raw, step, final, f"{self.prune_on} {raw:.6g}")
+        sign = self.signal_sign
+        if not self._signal_named:  # readers of the study alone (the report) undo the sign with these
+            self.trial.set_user_attr("prune_on", self.prune_on)
+            self.trial.set_user_attr("prune_sign", sign)
+            self._signal_named = True
+        self._prune(sign * raw, step, final, f"{self.prune_on} {raw:.6g}")
+
+    @property
+    def signal_sign(self) -> float:
+        """+1 or -1: what ``prune_on`` values are multiplied by for the study's direction."""
+        return -1.0 if lower_is_better(self.prune_on) == (self.direction == "maximize") else 1.0
 
     def _prune(self, value: float, step: int, final: bool, what: str) -> None:
         assert self.trial is not None
