@@ -17,7 +17,13 @@ schedule, no validation/evaluation, fp32 on the CPU):
    in one process, loading the base model once) vs four script runs, one after another;
 3. **evaluation cost** (ours only): one checkpoint evaluation at the default evaluation settings (DDIM
    50 steps, guidance 7.5, 4 prompts × 2 seeds + 4 class-prompt images; all 25 prompts at step 0 and
-   the last step) with the tiny CLIP/DINO models, against one training step.
+   the last step) with the tiny CLIP/DINO models, and one fixed-noise validation loss
+   (``eval.val_loss_*`` defaults), against one training step;
+4. **evaluation share of a default demo trial** (ours only): one ``experiment=demo`` run (tiny model,
+   prior preservation, 30 steps, images and metrics every 10 steps, validation loss every 10,
+   ``tracking=none``) timed from inside: the share of its wall time (``train()``, model loading to the
+   saved model) spent sampling and scoring images and computing the validation loss; targets: the
+   validation loss at most 1 training step per evaluation, all evaluation at most 30 % of the trial.
 
 Runs are interleaved (ours, script, ..., in an order reversed every repeat) after one warm-up run of
 each (MLflow stores created, files in the page cache); each figure is the median of ``--repeats``;
@@ -328,24 +334,93 @@ def eval_child(out: Path, subject: Path, work: Path, every: int) -> None:
         second = compose(
             "train", overrides=[*overrides, f"train.lr={LR_SINGLE / 2}", f"paths.output_dir={out}_2"]
         )
+    from dreambooth_sweep.val_loss import ValidationLoss
+
     spans: list[tuple[int, float, float]] = []  # (step, start, end) of each evaluation
-    real = evaluate.Evaluator.__call__
-
-    def timed(self, ctx):  # noqa: ANN001
-        start = time.perf_counter()
-        result = real(self, ctx)
-        spans.append((ctx.step, start, time.perf_counter()))
-        return result
-
-    evaluate.Evaluator.__call__ = timed  # type: ignore[method-assign]
-    train(cfg)
+    val_spans: list[float] = []  # seconds of each validation loss
+    _time_calls(evaluate.Evaluator, lambda ctx, b, e: spans.append((ctx.step, b, e)))
+    _time_calls(ValidationLoss, lambda live, b, e: val_spans.append(e - b))
+    results = train(cfg)
     (s0, b0, e0), (s1, b1, e1), (s2, b2, e2) = spans
-    step_s = statistics.median([(b1 - e0) / (s1 - s0), (b2 - e1) / (s2 - s1)])
+    # a step's wall time from the run's own counter (evaluation and checkpoints left out)
+    step_s = 1.0 / results["perf/train_steps_per_s"]
     timing = {"train_step_s": step_s, "eval_full_s": e0 - b0, "eval_checkpoint_s": e1 - b1}
+    timing["val_loss_s"] = statistics.median(val_spans)
     spans.clear()
     train(second)  # the next trial in this process: its step 0 reuses the first one's samples
     timing["eval_step0_reused_s"] = spans[0][2] - spans[0][1]
     (out / "eval_timing.json").write_text(json.dumps(timing))
+
+
+def _time_calls(cls: type, record: Callable[..., None]) -> None:
+    """Wrap ``cls.__call__`` so each call reports ``record(first_arg, start, end)``."""
+    real = cls.__call__
+
+    def timed(self, arg):  # noqa: ANN001
+        start = time.perf_counter()
+        result = real(self, arg)
+        record(arg, start, time.perf_counter())
+        return result
+
+    cls.__call__ = timed  # type: ignore[method-assign]
+
+
+def bench_demo(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """The evaluation share of a default demo trial, from inside one run per repeat (the child below)."""
+    folder = work / "demo"
+    folder.mkdir(parents=True)
+    results = []
+    for i in range(args.repeats + 1):  # run 0 fills the class-image cache: a sweep's later trials reuse it
+        out = folder / f"run{i}"
+        cmd = [PY, str(Path(__file__)), "--demo-child", str(out), str(work), "--threads", str(THREADS)]
+        run(cmd, folder / f"run{i}.log")
+        if i > 0:
+            results.append(json.loads((out / "demo_timing.json").read_text()))
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def demo_child(out: Path, work: Path) -> None:
+    """Child process of bench_demo: one ``experiment=demo`` trial, its evaluation timed."""
+    from hydra import compose, initialize_config_dir
+
+    from dreambooth_sweep import evaluate
+    from dreambooth_sweep.train import train
+    from dreambooth_sweep.val_loss import ValidationLoss
+
+    overrides = [
+        "experiment=demo", "tracking=none", f"paths.root_dir={work}", f"paths.cache_dir={ROOT / '.cache'}",
+        f"paths.output_dir={out}", *([f"train.num_threads={THREADS}"] if THREADS else []),
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    images: list[float] = []
+    val: list[float] = []
+    _time_calls(evaluate.Evaluator, lambda ctx, b, e: images.append(e - b))
+    _time_calls(ValidationLoss, lambda live, b, e: val.append(e - b))
+    real_init = ValidationLoss.__init__
+    built: list[float] = []
+
+    def timed_init(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        start = time.perf_counter()
+        real_init(self, *a, **kw)
+        built.append(time.perf_counter() - start)
+
+    ValidationLoss.__init__ = timed_init  # type: ignore[method-assign]
+    start = time.perf_counter()
+    results = train(cfg)
+    wall = time.perf_counter() - start
+    timing = {
+        "wall_s": wall,
+        "images_s": sum(images),
+        "image_evals": len(images),
+        "val_s": sum(val) + sum(built),
+        "val_build_s": sum(built),
+        "val_evals": len(val),
+        "val_per_eval_s": statistics.median(val) if val else float("nan"),
+        "train_step_s": 1.0 / results["perf/train_steps_per_s"],
+        "steps": results["final_step"],
+    }
+    (out / "demo_timing.json").write_text(json.dumps(timing))
 
 
 # ----------------------------------------------------------------------------- report
@@ -369,7 +444,7 @@ def main() -> None:
     ap.add_argument(
         "--eval-every", type=int, default=10, help="steps between checkpoints in the eval-cost run"
     )
-    ap.add_argument("--only", default="single,grid,eval", help="comma list of: single, grid, eval")
+    ap.add_argument("--only", default="single,grid,eval,demo", help="comma list of: single, grid, eval, demo")
     ap.add_argument(
         "--threads", type=int, default=1,
         help="torch threads of every process, both trainers (0: one per core). 1 by default: on a shared machine a "
@@ -377,12 +452,16 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--work", default=str(ROOT / "outputs" / "bench"), help="scratch folder (emptied first)")
     ap.add_argument("--eval-child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--demo-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
     if args.eval_child:
         out, subject, work, every = args.eval_child
         eval_child(Path(out), Path(subject), Path(work), int(every))
+        return
+    if args.demo_child:
+        demo_child(Path(args.demo_child[0]), Path(args.demo_child[1]))
         return
 
     from dreambooth_sweep.demo_data import make_demo_data
@@ -416,6 +495,7 @@ def main() -> None:
     if "grid" in only:
         rows += bench_grid(args, work, model, subjects, script)
     evaluation = bench_eval(args, work, subjects) if "eval" in only else None
+    demo = bench_demo(args, work) if "demo" in only else None
 
     import platform
 
@@ -452,6 +532,21 @@ def main() -> None:
             f"| step 0 / last step: 25 prompts x 2 seeds + 4 class images | {e['eval_full_s']:.2f} | {e['eval_full_s'] / e['train_step_s']:.0f} |"
         )
         print(f"| step 0 of a later trial in the same process (samples reused, scored anew) | {e['eval_step0_reused_s']:.2f} | {e['eval_step0_reused_s'] / e['train_step_s']:.0f} |")  # fmt: skip
+        print(f"| validation loss (eval.val_loss_* defaults) | {e['val_loss_s']:.3f} | {e['val_loss_s'] / e['train_step_s']:.2f} |")  # fmt: skip
+    if demo:
+        d = demo
+        total = d["images_s"] + d["val_s"]
+        print()
+        print(f"| default demo trial (experiment=demo, {d['steps']:.0f} steps, tracking=none) | seconds | share of the trial |")  # fmt: skip
+        print("|---|---:|---:|")
+        print(f"| whole trial: train(), model loading to saved model | {d['wall_s']:.2f} | 100 % |")
+        print(f"| images: sampling + metrics, {d['image_evals']:.0f} evaluations | {d['images_s']:.2f} | {100 * d['images_s'] / d['wall_s']:.1f} % |")  # fmt: skip
+        print(f"| validation loss: {d['val_evals']:.0f} evaluations + fixed inputs ({d['val_build_s']:.2f} s) | {d['val_s']:.2f} | {100 * d['val_s'] / d['wall_s']:.1f} % |")  # fmt: skip
+        print(f"| evaluation in all | {total:.2f} | {100 * total / d['wall_s']:.1f} % |")
+        per_eval = d["val_per_eval_s"] / d["train_step_s"]
+        share = total / d["wall_s"]
+        print(f"target: validation loss <= 1 training step per evaluation: {per_eval:.2f} steps ({d['val_per_eval_s']:.3f} s, a step {d['train_step_s']:.3f} s): {'met' if per_eval <= 1 else 'NOT met'}")  # fmt: skip
+        print(f"target: evaluation <= 30 % of a default demo trial: {100 * share:.1f} %: {'met' if share <= 0.3 else 'NOT met'}")  # fmt: skip
     if script is not None and rows:
         print()
         for label, sm in summaries.items():
@@ -472,7 +567,7 @@ def main() -> None:
         for row in rows
     }
     (work / "bench.json").write_text(
-        json.dumps({"rows": raw, "summary": summaries, "eval": evaluation}, indent=2)
+        json.dumps({"rows": raw, "summary": summaries, "eval": evaluation, "demo": demo}, indent=2)
     )
 
 

@@ -215,6 +215,10 @@ class EvalConfig:
     dino_preprocess: str = MISSING
     class_prompt_images: int = MISSING
     reuse_base_samples: bool = MISSING
+    val_loss_every_n_steps: int = MISSING
+    val_loss_timesteps: int = MISSING
+    val_loss_batch_size: int = MISSING
+    val_loss_seed: int | None = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
@@ -497,6 +501,21 @@ def validate(cfg: DictConfig | Any) -> None:
         )
     if cfg.eval.enabled and cfg.eval.every_n_steps <= 0:
         _fail(f"eval.every_n_steps={cfg.eval.every_n_steps} must be positive", "or set eval.enabled=false")
+    if cfg.eval.get("val_loss_every_n_steps", 0) < 0:
+        _fail(
+            f"eval.val_loss_every_n_steps={cfg.eval.val_loss_every_n_steps} cannot be negative",
+            "set a number of steps, or 0 to turn the validation loss off",
+        )
+    if cfg.eval.get("val_loss_every_n_steps", 0) and cfg.eval.get("val_loss_timesteps", 1) < 1:
+        _fail(
+            f"eval.val_loss_timesteps={cfg.eval.val_loss_timesteps} must be at least 1",
+            "3 or more fill every noise band (low, mid, high)",
+        )
+    if cfg.eval.get("val_loss_every_n_steps", 0) and cfg.eval.get("val_loss_batch_size", 1) < 1:
+        _fail(
+            f"eval.val_loss_batch_size={cfg.eval.val_loss_batch_size} must be at least 1",
+            "set how many images x noise levels go through the denoiser at once (e.g. 16)",
+        )
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -438,17 +438,37 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             # How every eval/* number is scored (backbones, preprocessing, CLIP-T rule), beside the config.
             tracker.log_params({"scoring": eval_hook.suite.protocol()})
         last_metrics: dict[str, float] = {}
+        # The fixed-noise validation loss (val_loss.py): cheap, so it may run more often than the images.
+        val_every = cfg.eval.val_loss_every_n_steps if cfg.eval.enabled else 0
+        val_loss = None
+        if val_every and accelerator.is_main_process:
+            from dreambooth_sweep.val_loss import ValidationLoss
 
-        def evaluate(step: int, final: bool) -> None:
-            """Only rank 0 samples, scores and asks the pruner; every other rank follows its decision."""
-            if eval_hook is None:
+            val_loss = ValidationLoss(
+                cfg,
+                comps,
+                instances,
+                dataset.image_buckets,
+                [dataset.prompt_fn(i.caption or cfg.data.instance_prompt) for i in instances],
+                class_images,
+                p.class_prompt,
+                device=device,
+                dtype=weight_dtype,
+            )
+        _check_prune_on(reporter, val_loss if val_every else None, val_every, cfg)
+
+        def evaluate(step: int, final: bool, *, images: bool = True, val: bool = False) -> None:
+            """Only rank 0 evaluates and asks the pruner; every other rank follows its decision."""
+            images = images and eval_hook is not None
+            val = val and val_every > 0
+            if not (images or val):
                 return
             import optuna
 
             stop: optuna.TrialPruned | None = None
             if accelerator.is_main_process:
                 try:
-                    _evaluate_main(step, final)
+                    _evaluate_main(step, final, images, val)
                 except optuna.TrialPruned as exc:
                     stop = exc
             if accelerator.num_processes > 1:
@@ -460,32 +480,40 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
             if stop is not None:
                 raise stop
 
-        def _evaluate_main(step: int, final: bool) -> None:
+        def _evaluate_main(step: int, final: bool, images: bool, val: bool) -> None:
             from dreambooth_sweep.evaluator import EvalContext
 
             live = _unwrapped(accelerator, family.denoiser, denoiser, encoders)
             live_denoiser = live[family.denoiser]
+            metrics: dict[str, float] = {}
+            result = None
             with untouched_training_state(*live.values()), _ema_weights(ema, live_denoiser):
-                result = eval_hook(
-                    EvalContext(
-                        step=step,
-                        final=final,
-                        components=comps,
-                        unet=live_denoiser,
-                        text_encoder=live[family.text_encoders[0]],
-                        device=device,
-                        dtype=weight_dtype,
-                        modules=live,
+                if val and val_loss is not None:
+                    for module in live.values():
+                        module.eval()  # untouched_training_state puts the train flags back
+                    with accelerator.autocast():
+                        metrics.update(val_loss(live))
+                if images:
+                    result = eval_hook(
+                        EvalContext(
+                            step=step,
+                            final=final,
+                            components=comps,
+                            unet=live_denoiser,
+                            text_encoder=live[family.text_encoders[0]],
+                            device=device,
+                            dtype=weight_dtype,
+                            modules=live,
+                        )
                     )
-                )
-            metrics = dict(result.metrics)
+                    metrics.update(result.metrics)
             last_metrics.update(metrics)
             with open(out / "eval_history.jsonl", "a") as history:  # the run's curve, readable without MLflow
                 history.write(json.dumps({"step": step, **metrics}) + "\n")
             tracker.log_metrics(metrics, step=step)
             if getattr(result, "grid", None) is not None:
                 tracker.log_image(result.grid, key="samples", step=step)
-            score = metrics.get("eval/score")
+            score = metrics.get("eval/score") if images else None
             # Step 0 is the untouched base model: the baseline every score is measured against, never a
             # candidate sweet spot (it would tie every trial whose training only hurt at the same value).
             if step > 0 and score is not None and math.isfinite(score):
@@ -498,10 +526,12 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                     reporter.best_score,
                     reporter.best_step,
                 )
+            if step > 0:  # after the score is recorded: hydra.sweeper.prune_on=val/* may stop the trial here
+                reporter.report_signal(metrics, step, final=final)
 
         # 6. The loop. One optimizer step = gradient_accumulation_steps micro-batches.
         if global_step == 0:
-            evaluate(0, final=False)
+            evaluate(0, final=False, images=True, val=True)
         batches_per_epoch = len(loader)
         micro = global_step * t.gradient_accumulation_steps
         epoch, skip = divmod(micro, batches_per_epoch)
@@ -619,9 +649,11 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
                             ),
                         )
                 is_last = global_step >= t.max_steps
-                if cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last):
+                images = cfg.eval.enabled and (global_step % cfg.eval.every_n_steps == 0 or is_last)
+                val = bool(val_every) and (global_step % val_every == 0 or is_last)
+                if images or val:
                     with speed.paused():
-                        evaluate(global_step, final=is_last)
+                        evaluate(global_step, final=is_last, images=images, val=val)
                 if is_last:
                     break
             epoch, skip = epoch + 1, 0
@@ -655,6 +687,24 @@ def train(cfg: DictConfig, *, eval_hook: Callable[[Any], Any] | None = None) -> 
         accelerator.end_training()
     log.info("done: results in %s (metrics.json, samples/, model/)", out)
     return results
+
+
+def _check_prune_on(reporter: Any, val_loss: Any, val_every: int, cfg: DictConfig) -> None:
+    """A ``val/*`` pruning signal this run never computes is a one-line error, not a trial never pruned."""
+    key = reporter.prune_on
+    if not reporter.active or not key.startswith("val/"):
+        return
+    if not val_every:
+        raise ConfigError(
+            f"hydra.sweeper.prune_on={key} but the validation loss is off "
+            f"(eval.enabled={cfg.eval.enabled}, eval.val_loss_every_n_steps={cfg.eval.val_loss_every_n_steps}): "
+            "set eval.val_loss_every_n_steps (e.g. 10) or prune on eval/score"
+        )
+    if val_loss is not None and key not in val_loss.metric_names():
+        raise ConfigError(
+            f"hydra.sweeper.prune_on={key} is not a validation loss of this run: "
+            f"choose one of {', '.join(val_loss.metric_names())}"
+        )
 
 
 def _make_optimizer(t: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

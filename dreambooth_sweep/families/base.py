@@ -311,6 +311,30 @@ class ModelFamily:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- fixed inputs of the validation loss (val_loss.py)
+
+    def latent_mean(self, comps: Components, moments: torch.Tensor) -> torch.Tensor:
+        """The latent distribution's mean, shifted and scaled as :meth:`latents` does: no sampling."""
+        mean = moments.chunk(2, dim=1)[0].float()
+        config = comps.vae.config
+        shift = getattr(config, "shift_factor", None)
+        if shift is not None:
+            mean = mean - shift
+        return mean * config.scaling_factor
+
+    def noise_at(
+        self,
+        comps: Components,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        quantiles: torch.Tensor,
+        train_cfg: Any,
+    ) -> Noised:
+        """The forward process at fixed noise levels: example ``i`` at quantile ``quantiles[i]`` (in (0, 1),
+        0 the least noise) of the noise levels training draws; the same target and weighting as
+        :meth:`noise`, no random draw."""
+        raise NotImplementedError
+
     # -- inference
 
     def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:

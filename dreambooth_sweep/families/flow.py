@@ -87,3 +87,37 @@ class FlowFamily(ModelFamily):
         noisy = (1.0 - sigmas) * latents + sigmas * noise
         weighting = compute_loss_weighting_for_sd3(weighting_scheme=train_cfg.weighting_scheme, sigmas=sigmas)
         return Noised(noisy, timesteps, noise - latents, weighting=weighting, sigmas=sigmas)
+
+    def noise_at(
+        self,
+        comps: Components,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        quantiles: torch.Tensor,
+        train_cfg: Any,
+    ) -> Noised:
+        """σ at quantile q of training's σ distribution: ``u`` (the table position :meth:`noise` draws) is
+        the (1 − q) quantile of ``train.weighting_scheme``'s density — a high table position is a low σ."""
+        from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+        scheduler = comps.noise_scheduler
+        p = (1.0 - quantiles.double()).clamp(1e-6, 1 - 1e-6)
+        scheme = train_cfg.weighting_scheme
+        if scheme == "logit_normal":
+            normal = torch.distributions.Normal(float(train_cfg.logit_mean), float(train_cfg.logit_std))
+            u = torch.sigmoid(normal.icdf(p))
+        elif scheme == "mode":
+            # diffusers maps a uniform r to 1 - r - s·(cos²(πr/2) - 1 + r), decreasing in r (s ≤ 1.29)
+            r = 1.0 - p
+            u = 1 - r - float(train_cfg.mode_scale) * (torch.cos(torch.pi * r / 2) ** 2 - 1 + r)
+        else:
+            u = p
+        total = scheduler.config.num_train_timesteps
+        indices = (u * total).long().clamp(0, total - 1)
+        timesteps = scheduler.timesteps[indices].to(latents.device)
+        sigmas = scheduler.sigmas[indices].to(latents.device, dtype=latents.dtype)
+        sigmas = sigmas.reshape(-1, *([1] * (latents.ndim - 1)))
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        weighting = compute_loss_weighting_for_sd3(weighting_scheme=scheme, sigmas=sigmas)
+        return Noised(noisy, timesteps, noise - latents, weighting=weighting, sigmas=sigmas)
+

@@ -52,6 +52,30 @@ class DDPMFamily(ModelFamily):
             raise ConfigError(f"unsupported prediction_type {kind!r} in the model's scheduler config")
         return Noised(noisy, timesteps, target)
 
+    def noise_at(
+        self,
+        comps: Components,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        quantiles: torch.Tensor,
+        train_cfg: Any,
+    ) -> Noised:
+        """Training draws t uniformly from [0, T): quantile q is t = ⌊q·T⌋ (timestep 0 the least noise)."""
+        scheduler = comps.noise_scheduler
+        total = scheduler.config.num_train_timesteps
+        timesteps = (quantiles.double() * total).long().clamp(0, total - 1).to(latents.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        return Noised(noisy, timesteps, self._target(scheduler, latents, noise, timesteps))
+
+    @staticmethod
+    def _target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+        kind = scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return scheduler.get_velocity(latents, noise, timesteps)
+        raise ConfigError(f"unsupported prediction_type {kind!r} in the model's scheduler config")
+
     def min_snr_weights(self, comps: Components, noised: Noised, gamma: float) -> torch.Tensor:
         """Min-SNR-γ per example (Hang et al. 2023), for ε and v targets."""
         from diffusers.training_utils import compute_snr

@@ -14,7 +14,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from dreambooth_sweep.files import atomic_write
-from dreambooth_sweep.report.figures import plot_curves, plot_heatmaps, plot_pareto
+from dreambooth_sweep.report.figures import (
+    plot_curves,
+    plot_heatmaps,
+    plot_pareto,
+    plot_val_loss,
+    val_loss_keys,
+)
 from dreambooth_sweep.report.model import Sweep
 from dreambooth_sweep.report.page import render_html
 from dreambooth_sweep.report.picks import copy_grids, make_picks
@@ -37,6 +43,8 @@ def render_report(sweep: Sweep, out: str | os.PathLike[str]) -> Path:
         "curves": plot_curves(sweep, out / "curves.png"),
         "pareto": plot_pareto(sweep, out / "pareto.png"),
     }
+    if val_loss_keys(sweep):
+        figures["val_loss"] = plot_val_loss(sweep, out / "val_loss.png")
     picks = make_picks(sweep)
     copy_grids(picks, out / "samples", sweep)
     write_trials_csv(sweep, out / "trials.csv")

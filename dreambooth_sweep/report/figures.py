@@ -1,7 +1,11 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot, no global backend switch).
 
 ``heatmaps.png``: trials (by swept values) × steps for DINO, CLIP-I, CLIP-T and the score;
-``curves.png``: each metric against the step; ``pareto.png``: DINO vs CLIP-T of every checkpoint.
+``curves.png``: each metric against the step; ``pareto.png``: DINO vs CLIP-T of every checkpoint;
+``val_loss.png`` (when the jobs logged ``val/*``): the fixed-noise validation losses against the step.
+Each figure shows a sweep's own metric names (``eval/dinov2_s14`` in DINO's place, see
+:func:`~dreambooth_sweep.report.model.main_metrics`); the paper's reference point only next to the
+paper's backbones.
 Every label that shows a value goes through the report's secret mask.
 """
 
@@ -13,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_sweep.report.model import (
-    LABELS,
-    MAIN_METRICS,
     NOTICEABLE,
     PAPER_REFERENCE,
     Sweep,
     finite,
+    main_metrics,
+    metric_label,
+    paper_comparable,
     pareto_checkpoints,
     rows,
 )
@@ -32,7 +37,18 @@ __all__ = [
     "plot_curves",
     "plot_heatmaps",
     "plot_pareto",
+    "plot_val_loss",
+    "val_loss_keys",
 ]
+
+# The validation losses (val_loss.py) in panel order; a sweep shows those its histories hold.
+VAL_LOSS_KEYS = (
+    "val/instance_loss",
+    "val/prior_loss",
+    "val/instance_loss_by_t/low",
+    "val/instance_loss_by_t/mid",
+    "val/instance_loss_by_t/high",
+)
 
 DPI = 100
 
@@ -47,6 +63,8 @@ def figure_px(kind: str, n_rows: int = 1, n_steps: int = 1) -> tuple[int, int]:
         return 1300, 940
     if kind == "pareto":
         return 1200, 700
+    if kind == "val_loss":
+        return 1300, 520 * n_rows + 120
     raise ValueError(f"unknown figure {kind!r}")
 
 
@@ -99,18 +117,26 @@ def draw_heatmaps(sweep: Sweep) -> Any:
     import numpy as np
     from matplotlib.patches import Rectangle
 
-    ordered, steps, spot = rows(sweep), sweep.steps(), sweep.sweet_spot()
+    ordered, spot, keys = rows(sweep), sweep.sweet_spot(), main_metrics(sweep)
+    # image-evaluation steps only: a step with validation losses alone would be an all-grey column
+    steps = (
+        sorted({s for t in sweep.trials for s, m in t.history.items() if any(k in m for k in keys.values())})
+        or sweep.steps()
+    )
     fig = _figure("heatmaps", len(ordered), len(steps))
     row_axis = "learning rate" if sweep.swept == ["train.lr"] else "swept parameters"
     col = {s: j for j, s in enumerate(steps)}
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#e8e8e8")  # grey: not evaluated (yet)
-    for n, (ax, key) in enumerate(zip(fig.subplots(2, 2, squeeze=False).ravel(), MAIN_METRICS, strict=True)):
+    for n, (ax, (paper, key)) in enumerate(
+        zip(fig.subplots(2, 2, squeeze=False).ravel(), keys.items(), strict=True)
+    ):
         left = n % 2 == 0  # the right column shares the rows: no second copy of the labels
-        ax.set_title(f"{LABELS[key]} ({key})", fontsize=11)
+        ax.set_title(f"{metric_label(paper, key)} ({key})", fontsize=11)
         matrix = np.full((max(len(ordered), 1), max(len(steps), 1)), np.nan)
         for i, (_, trial) in enumerate(ordered):
             for step, metrics in trial.history.items():
-                matrix[i, col[step]] = metrics.get(key, np.nan)
+                if step in col:
+                    matrix[i, col[step]] = metrics.get(key, np.nan)
         if not np.isfinite(matrix).any():
             _empty(ax)
             ax.set_xticks([])
@@ -132,7 +158,7 @@ def draw_heatmaps(sweep: Sweep) -> Any:
                     color = "w" if dark else "k"
                     ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=size, c=color)
         for i, (_, trial) in enumerate(ordered):  # each row's best trained step (by score): a small dot
-            if (best := trial.best()) is not None:
+            if (best := trial.best()) is not None and best[0] in col:
                 ax.plot(col[best[0]] + 0.36, i - 0.32, "o", ms=4, mfc="white", mec="black", mew=0.8)
         if spot is not None:
             i = next(i for i, (_, t) in enumerate(ordered) if t is spot[0])
@@ -149,8 +175,8 @@ def plot_curves(sweep: Sweep, path: Path) -> Path:
     ordered, spot = rows(sweep), sweep.sweet_spot()
     fig = _figure("curves")
     axes = fig.subplots(2, 2, squeeze=False).ravel()
-    for ax, key in zip(axes, MAIN_METRICS, strict=True):
-        ax.set(title=f"{LABELS[key]} vs step", xlabel="step", ylabel=key)
+    for ax, (paper, key) in zip(axes, main_metrics(sweep).items(), strict=True):
+        ax.set(title=f"{metric_label(paper, key)} vs step", xlabel="step", ylabel=key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         base = [t.history[0][key] for _, t in ordered if finite(t.history.get(0, {}).get(key))]
@@ -229,7 +255,8 @@ def draw_pareto(sweep: Sweep) -> Any:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
 
-    ordered, spot = rows(sweep), sweep.sweet_spot()
+    ordered, spot, keys = rows(sweep), sweep.sweet_spot(), main_metrics(sweep)
+    dino, clip_t = keys["eval/dino"], keys["eval/clip_t"]
     color = {id(t): c for (_, t), c in zip(ordered, _colors(len(ordered)), strict=True)}
     label = {id(t): _clip(lab) for lab, t in ordered}
     fig = _figure("pareto")
@@ -242,36 +269,89 @@ def draw_pareto(sweep: Sweep) -> Any:
             name = label[id(trial)]
             labelled.add(id(trial))
         style = {"marker": "x", "color": "gray"} if step == 0 else {"marker": "o", "color": color[id(trial)]}
-        ax.scatter(
-            m["eval/dino"], m["eval/clip_t"], s=18 + 60 * (k in front), alpha=0.85, label=name, **style
-        )
+        ax.scatter(m[dino], m[clip_t], s=18 + 60 * (k in front), alpha=0.85, label=name, **style)
     if front:
-        xs, ys = zip(*sorted((pts[i][2]["eval/dino"], pts[i][2]["eval/clip_t"]) for i in front), strict=True)
+        xs, ys = zip(*sorted((pts[i][2][dino], pts[i][2][clip_t]) for i in front), strict=True)
         ax.plot(xs, ys, "-", color="black", lw=1, label=f"Pareto front ({len(front)} checkpoints)")
     ax.scatter([], [], marker="x", color="gray", label="base model (step 0)")
     if pts:  # the axes show the checkpoints; nothing else may stretch them
-        ax.set_xlim(*_data_limits([m["eval/dino"] for _, _, m in pts]))
-        ax.set_ylim(*_data_limits([m["eval/clip_t"] for _, _, m in pts]))
-    if spot is not None and finite(spot[2].get("eval/dino")) and finite(spot[2].get("eval/clip_t")):
-        x, y = spot[2]["eval/dino"], spot[2]["eval/clip_t"]
-        near = "not noticeably different (paper's user study: ΔDINO 0.1, ΔCLIP-T 0.05)"
-        size = (2 * NOTICEABLE["eval/dino"], 2 * NOTICEABLE["eval/clip_t"])
-        ax.add_patch(Ellipse((x, y), *size, fc="red", alpha=0.07, ec="red", ls="--", label=near))
+        ax.set_xlim(*_data_limits([m[dino] for _, _, m in pts]))
+        ax.set_ylim(*_data_limits([m[clip_t] for _, _, m in pts]))
+    comparable = paper_comparable(keys)  # the paper's thresholds and point are in its backbones' units
+    if spot is not None and finite(spot[2].get(dino)) and finite(spot[2].get(clip_t)):
+        x, y = spot[2][dino], spot[2][clip_t]
+        if comparable:
+            near = "not noticeably different (paper's user study: ΔDINO 0.1, ΔCLIP-T 0.05)"
+            size = (2 * NOTICEABLE["eval/dino"], 2 * NOTICEABLE["eval/clip_t"])
+            ax.add_patch(Ellipse((x, y), *size, fc="red", alpha=0.07, ec="red", ls="--", label=near))
         name = f"sweet spot: trial {spot[0].number}, step {spot[1]}"
         ax.plot(x, y, "*", ms=20, color="red", mec="black", zorder=5, label=name)
     px, py = PAPER_REFERENCE["eval/dino"], PAPER_REFERENCE["eval/clip_t"]
-    if pts:
+    if pts and comparable:
         _mark_reference(ax, px, py, f"paper: DINO {px}, CLIP-T {py}")
     handles, labels = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], ls="", marker="D", ms=9, color="black", mfc="white"))
-    labels.append("paper reference: DreamBooth-SD (context only)")
+    if comparable:
+        handles.append(Line2D([], [], ls="", marker="D", ms=9, color="black", mfc="white"))
+        labels.append("paper reference: DreamBooth-SD (context only)")
     if sweep.tiny:
         warning = "tiny random models: these numbers are meaningless"
         ax.text(0.01, 0.01, warning, transform=ax.transAxes, color="firebrick", fontsize=10)
     if not pts:
         _empty(ax, "no checkpoint with both DINO and CLIP-T yet")
-    ax.set(xlabel="DINO: subject fidelity →", ylabel="CLIP-T: prompt fidelity →")
+    ax.set(
+        xlabel=f"{metric_label('eval/dino', dino)}: subject fidelity →",
+        ylabel=f"{metric_label('eval/clip_t', clip_t)}: prompt fidelity →",
+    )
     ax.set_title("Every checkpoint of every trial: up and right is better")
     ax.grid(alpha=0.3)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
     return fig
+
+
+def val_loss_keys(sweep: Sweep) -> list[str]:
+    """The validation losses the sweep's histories hold, in panel order (empty: no val_loss.png)."""
+    found = {k for t in sweep.trials for m in t.history.values() for k in m}
+    return [k for k in VAL_LOSS_KEYS if k in found]
+
+
+def plot_val_loss(sweep: Sweep, path: Path) -> Path:
+    """Each validation loss against the step, one line per trial (lower is better)."""
+    from matplotlib.ticker import MaxNLocator
+
+    keys, ordered = val_loss_keys(sweep), rows(sweep)
+    n_rows = max(1, math.ceil(len(keys) / 3))
+    fig = _figure("val_loss", n_rows)
+    axes = fig.subplots(n_rows, 3, squeeze=False).ravel()
+    for ax, key in zip(axes, keys, strict=False):
+        ax.set(title=key.removeprefix("val/"), xlabel="step", ylabel="loss (lower is better)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        for (label, trial), color in zip(ordered, _colors(len(ordered)), strict=True):
+            points = [(s, m[key]) for s, m in sorted(trial.history.items()) if finite(m.get(key))]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            style = ":" if trial.state in ("PRUNED", "FAIL") else "-"
+            ax.plot(
+                xs,
+                ys,
+                style,
+                marker="o",
+                ms=2.5,
+                color=color,
+                label=f"{_clip(label)} ({trial.state.lower()})",
+            )
+        if not ax.lines:
+            _empty(ax)
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles and len(ordered) <= 16:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
+    fig.suptitle(
+        "Fixed-noise validation loss (same latents, noise and noise levels at every step); "
+        "low/mid/high: noise bands; dotted: pruned/failed",
+        fontsize=12,
+    )
+    fig.savefig(path, dpi=DPI)
+    return path

@@ -10,6 +10,8 @@ earlier step, then to the lower trial number.
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +38,14 @@ __all__ = [
     "fmt_value",
     "is_internal",
     "is_number",
+    "main_metrics",
     "metric_keys",
+    "metric_label",
     "override_key",
     "param",
     "pareto_checkpoints",
     "pareto_front",
+    "paper_comparable",
     "rows",
     "short",
     "sort_key",
@@ -58,6 +63,13 @@ LABELS = {
 PAPER_REFERENCE = {"eval/dino": 0.668, "eval/clip_t": 0.305}
 # Differences the paper's user study found noticeable to people.
 NOTICEABLE = {"eval/dino": 0.1, "eval/clip_t": 0.05}
+# A paper name's slot: the names the same metric takes with another backbone (metrics/names.py), e.g.
+# eval/dinov2_s14 for eval/dino, eval/clip_t_siglip_b16 for eval/clip_t.
+_SLOT = {
+    "eval/dino": re.compile(r"eval/dino[^/]*"),
+    "eval/clip_i": re.compile(r"eval/clip_i(_[^/]+)?"),
+    "eval/clip_t": re.compile(r"eval/clip_t(_[^/]+)?"),
+}
 MAX_PICK_VALUES = 8  # picks per value of a swept parameter only when it takes at most this many values
 INTERNAL = ("sweep.", "hydra.")  # overrides only the sweeper sets: never part of a reproduce command
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
@@ -227,9 +239,36 @@ def state_counts(sweep: Sweep) -> dict[str, int]:
     return counts
 
 
+def main_metrics(sweep: Sweep) -> dict[str, str]:
+    """Each paper name of :data:`MAIN_METRICS` -> the key this sweep's histories hold it under.
+
+    The paper's name when present (the default backbones), else its backbone-labelled variant (the
+    most frequent one, should trials mix backbones), else the paper's name (nothing to show).
+    """
+    counts = Counter(k for t in sweep.trials for m in t.history.values() for k in m)
+    out = {}
+    for paper in MAIN_METRICS:
+        slot = _SLOT.get(paper)
+        found = [] if paper in counts or slot is None else [k for k in counts if slot.fullmatch(k)]
+        out[paper] = min(found, key=lambda k: (-counts[k], k)) if found else paper
+    return out
+
+
+def metric_label(paper: str, key: str) -> str:
+    """``DINO`` for the paper's key, ``DINO (dinov2_s14)`` for another backbone's."""
+    label = LABELS.get(paper, paper)
+    return label if key == paper else f"{label} ({key.removeprefix('eval/')})"
+
+
+def paper_comparable(keys: dict[str, str]) -> bool:
+    """Whether DINO and CLIP-T come from the paper's backbones (its reference point means something)."""
+    return keys["eval/dino"] == "eval/dino" and keys["eval/clip_t"] == "eval/clip_t"
+
+
 def metric_keys(sweep: Sweep) -> list[str]:
     keys = {k for t in sweep.trials for m in t.history.values() for k in m}
-    return [k for k in MAIN_METRICS if k in keys] + sorted(keys - set(MAIN_METRICS))
+    main = [k for k in main_metrics(sweep).values() if k in keys]
+    return main + sorted(keys - set(main))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -245,8 +284,9 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def pareto_checkpoints(sweep: Sweep) -> tuple[list[Checkpoint], set[int]]:
-    """Checkpoints with both DINO and CLIP-T, and the indices of those on the Pareto front."""
-    pts = [
-        c for c in sweep.checkpoints() if finite(c[2].get("eval/dino")) and finite(c[2].get("eval/clip_t"))
-    ]
-    return pts, set(pareto_front([(c[2]["eval/dino"], c[2]["eval/clip_t"]) for c in pts]))
+    """Checkpoints with both DINO and CLIP-T (whichever backbones), and the indices of those on the
+    Pareto front."""
+    keys = main_metrics(sweep)
+    dino, clip_t = keys["eval/dino"], keys["eval/clip_t"]
+    pts = [c for c in sweep.checkpoints() if finite(c[2].get(dino)) and finite(c[2].get(clip_t))]
+    return pts, set(pareto_front([(c[2][dino], c[2][clip_t]) for c in pts]))

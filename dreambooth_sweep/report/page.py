@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_sweep.report.model import (
-    LABELS,
-    MAIN_METRICS,
     MAX_PICK_VALUES,
     STATE_ORDER,
     Pick,
@@ -30,6 +28,8 @@ from dreambooth_sweep.report.model import (
     fmt_metric,
     fmt_value,
     is_number,
+    main_metrics,
+    metric_label,
     param,
     pareto_checkpoints,
     short,
@@ -110,7 +110,8 @@ def _trials_table(sweep: Sweep) -> str:
     head = [_th("trial", "trial"), _th("state", "state", left=True)]
     head += [_th(short(k, sweep.swept), k, left=True) for k in sweep.swept]
     head += [_th("best step", "best_step"), _th("best score", "best_score")]
-    head += [_th(f"{LABELS[k]} @best", k) for k in MAIN_METRICS[:3]]
+    main = list(main_metrics(sweep).items())
+    head += [_th(f"{metric_label(paper, k)} @best", k) for paper, k in main[:3]]
     head += [
         _th("checkpoints", "checkpoints"),
         _th("last step", "last_step"),
@@ -133,7 +134,7 @@ def _trials_table(sweep: Sweep) -> str:
             *(_param_td(t, k) for k in sweep.swept),
             _td(best[0] if best else None),
             _td(m.get("eval/score")),
-            *(_td(m.get(k)) for k in MAIN_METRICS[:3]),
+            *(_td(m.get(k)) for _, k in main[:3]),
             _td(len(t.history)),
             _td(max(t.history) if t.history else None),
             _td(" · ".join(x for x in (stopped, where) if x), left=True),
@@ -148,7 +149,9 @@ def _checkpoints_table(sweep: Sweep) -> str:
     on_front = {(pts[i][0].number, pts[i][1]) for i in front}
     head = [_th("trial", "trial")] + [_th(short(k, sweep.swept), k, left=True) for k in sweep.swept]
     head += (
-        [_th("step", "step")] + [_th(LABELS[k], k) for k in MAIN_METRICS] + [_th("mark", "mark", left=True)]
+        [_th("step", "step")]
+        + [_th(metric_label(paper, k), k) for paper, k in main_metrics(sweep).items()]
+        + [_th("mark", "mark", left=True)]
     )
     body = []
     for trial, step, m in sweep.checkpoints()[:MAX_CHECKPOINT_ROWS]:
@@ -162,7 +165,7 @@ def _checkpoints_table(sweep: Sweep) -> str:
             marks.append("Pareto")
         cls = ' class="best"' if "sweet spot" in marks else ""
         cells = [_td(trial.number), *(_param_td(trial, k) for k in sweep.swept), _td(step)]
-        cells += [_td(m.get(k)) for k in MAIN_METRICS] + [_td(", ".join(marks), left=True)]
+        cells += [_td(m.get(k)) for k in main_metrics(sweep).values()] + [_td(", ".join(marks), left=True)]
         body.append(f'<tr data-trial="{trial.number}" data-step="{step}"{cls}>{"".join(cells)}</tr>')
     return _table("checkpoints-table", head, body)
 
@@ -188,7 +191,10 @@ def _reproduce(trial: Trial, command: str) -> str:
 
 def _pick_card(pick: Pick, sweep: Sweep, cache: dict[str, str], out: Path) -> str:
     t, step, m = pick.trial, pick.step, pick.metrics
-    metrics = " · ".join(f"{LABELS[k]} {_delta(m, t.history.get(0), k)}" for k in MAIN_METRICS)
+    metrics = " · ".join(
+        f"{metric_label(paper, k)} {_delta(m, t.history.get(0), k)}"
+        for paper, k in main_metrics(sweep).items()
+    )
     figures = []
     for path, caption in ((pick.grids[0], "base model (step 0)"), (pick.grids[1], f"step {step}")):
         if path is None:
@@ -256,7 +262,8 @@ def _sweet_spot(sweep: Sweep, command: str | None) -> list[str]:
         )
     else:
         t, step, m = spot
-        deltas = " · ".join(f"{LABELS[k]} {_delta(m, t.history.get(0), k)}" for k in MAIN_METRICS[:3])
+        main = list(main_metrics(sweep).items())[:3]
+        deltas = " · ".join(f"{metric_label(paper, k)} {_delta(m, t.history.get(0), k)}" for paper, k in main)
         parts.append(
             f'<div class="spot" id="sweet-spot-box" data-trial="{t.number}" data-step="{step}" '
             f'data-score="{m["eval/score"]!r}"><b>Trial {t.number}</b> ({_esc(_params(t, sweep))}) at '
@@ -282,6 +289,17 @@ def render_html(sweep: Sweep, figures: Mapping[str, Path], picks: Sequence[Pick]
         "step 0. Overfitting is visible where CLIP-T (prompt fidelity) falls while DINO (subject "
         "fidelity) still rises.</p>",
         _img_png(figures["curves"], "curves"),
+        *(
+            [
+                '<p class="caption">The fixed-noise validation loss (eval.val_loss_every_n_steps): the '
+                "denoising loss on the instance photos (and class images) with the same latents, noise and "
+                "noise levels at every step, lower is better; cheap enough to evaluate often, and what "
+                "hydra.sweeper.prune_on=val/instance_loss prunes on.</p>",
+                _img_png(figures["val_loss"], "val_loss"),
+            ]
+            if "val_loss" in figures
+            else []
+        ),
         '<h2 id="pareto">3. DINO vs CLIP-T</h2>',
         '<p class="caption">Every checkpoint of every trial; the Pareto front joins those no other '
         "checkpoint beats on both. The axes stay on the checkpoints: the paper's DreamBooth-SD point "

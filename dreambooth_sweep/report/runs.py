@@ -180,7 +180,7 @@ def _trial_from_run(mlflow: Any, run: Any, number: int) -> Trial:
     trial = Trial(number=number, overrides=overrides, values=values)
     with contextlib.suppress(TypeError, ValueError):
         trial.lr = float(lr)
-    for key in sorted(k for k in run.data.metrics if k.startswith("eval/")):
+    for key in sorted(k for k in run.data.metrics if k.startswith(("eval/", "val/"))):
         for m in mlflow.get_metric_history(run.info.run_id, key):
             trial.history.setdefault(int(m.step), {})[key] = float(m.value)
     return trial

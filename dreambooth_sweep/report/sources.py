@@ -272,8 +272,10 @@ def _merge_study(trials: dict[int, Trial], frozen: Sequence[Any]) -> None:
                 trial.overrides.append(f"{key}={format_value(value)}")
         if trial.lr is None and is_number(ft.params.get("train.lr")):
             trial.lr = float(ft.params["train.lr"])
-        if not trial.history:  # no folder: the reported scores, and the best checkpoint's metrics
-            trial.history = {int(s): {"eval/score": float(v)} for s, v in ft.intermediate_values.items()}
+        if not trial.history:  # no folder: the reported values, and the best checkpoint's metrics
+            # pruned on another metric (hydra.sweeper.prune_on): its values, the study's sign undone
+            key, sign = str(attrs.get("prune_on") or "eval/score"), float(attrs.get("prune_sign", 1.0))
+            trial.history = {int(s): {key: sign * float(v)} for s, v in ft.intermediate_values.items()}
             step = attrs.get("best_step")
             if is_number(step):
                 best = trial.history.setdefault(int(step), {})

@@ -14,11 +14,11 @@ from typing import Any
 
 from dreambooth_sweep.files import atomic_write
 from dreambooth_sweep.report.model import (
-    MAIN_METRICS,
     Pick,
     Sweep,
     Trial,
     fmt_value,
+    main_metrics,
     metric_keys,
     param,
     pareto_checkpoints,
@@ -47,7 +47,8 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
 def write_trials_csv(sweep: Sweep, path: Path) -> Path:
     """One row per trial: state, swept values, its best trained checkpoint and the command to retrain it."""
     spot = sweep.sweet_spot()
-    header = ["trial", "state", *sweep.swept, "best_step", "best_score", *MAIN_METRICS[:3], "checkpoints",
+    main = list(main_metrics(sweep).values())[:3]
+    header = ["trial", "state", *sweep.swept, "best_step", "best_score", *main, "checkpoints",
               "last_step", "stopped_at", "sweet_spot", "run_dir", "mlflow_run_id", "fail_reason", "command"]  # fmt: skip
 
     def row(trial: Trial) -> list[Any]:
@@ -59,7 +60,7 @@ def write_trials_csv(sweep: Sweep, path: Path) -> Path:
             *(fmt_value(param(trial, k)) for k in sweep.swept),
             best[0] if best else "",
             m.get("eval/score", ""),
-            *(m.get(k, "") for k in MAIN_METRICS[:3]),
+            *(m.get(k, "") for k in main),
             len(trial.history),
             max(trial.history) if trial.history else "",
             "" if trial.stopped_at is None else trial.stopped_at,

@@ -12,6 +12,14 @@ and ``metrics.json`` are worth keeping. A pruned job writes ``trial_state.json``
 (:data:`TRIAL_STATE_FILE`, see :meth:`TrialReporter.write_state`), so readers of run dirs (the
 report) know the state without Optuna or log text.
 
+The pruning signal is ``eval/score`` unless the sweep says ``hydra.sweeper.prune_on`` (stored in the
+study's user attrs as ``prune_on``): then every value of that metric (e.g. ``val/instance_loss``, computed
+every ``eval.val_loss_every_n_steps``) goes to the pruner instead, through :meth:`TrialReporter.report_signal`,
+while the trial's value stays its best ``eval/score``. Optuna compares intermediate values in the study's
+direction, so a metric better when lower (a loss: ``val/*``, ``*loss*``) is reported negated in a
+maximize study (and a higher-is-better one negated in a minimize study): ``intermediate_values`` then
+hold e.g. ``-val/instance_loss``.
+
 Outside an Optuna sweep (a single run, a grid) the reporter only tracks the best checkpoint, by the
 one rule of :class:`dreambooth_sweep.objective.BestTracker` (step 0 never, NaN never).
 """
@@ -32,11 +40,24 @@ from dreambooth_sweep.sweep.storage import job_storage
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["TRIAL_STATE_FILE", "TrialReporter", "numeric_metrics", "read_trial_state"]
+__all__ = [
+    "DEFAULT_PRUNE_ON",
+    "TRIAL_STATE_FILE",
+    "TrialReporter",
+    "lower_is_better",
+    "numeric_metrics",
+    "read_trial_state",
+]
 
 log = logging.getLogger(__name__)
 
 TRIAL_STATE_FILE = "trial_state.json"
+DEFAULT_PRUNE_ON = "eval/score"
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether metric ``key`` improves downwards: validation and training losses."""
+    return key.startswith("val/") or "loss" in key.rsplit("/", 1)[-1]
 
 
 def numeric_metrics(values: Mapping[str, Any]) -> dict[str, int | float]:
@@ -76,6 +97,8 @@ class TrialReporter:
         trial: the running trial, or None for a no-op reporter.
         direction: which scores are better when there is no single-objective study to say so.
         run_dir: where :meth:`write_state` writes ``trial_state.json``; None: nowhere.
+        prune_on: the metric the pruner decides on (``hydra.sweeper.prune_on``); ``eval/score``: the
+            checkpoint scores of :meth:`report`.
     """
 
     def __init__(
@@ -84,8 +107,10 @@ class TrialReporter:
         *,
         direction: str = "maximize",
         run_dir: str | Path | None = None,
+        prune_on: str = DEFAULT_PRUNE_ON,
     ) -> None:
         self.trial = trial
+        self.prune_on = prune_on or DEFAULT_PRUNE_ON
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.can_prune = False
         if trial is not None:
@@ -99,6 +124,8 @@ class TrialReporter:
                 )
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"direction must be maximize or minimize, got {direction!r}")
+        self.direction = direction
+        self._signal_named = False
         self.best = BestTracker(maximize=direction == "maximize")
 
     @classmethod
@@ -121,7 +148,8 @@ class TrialReporter:
             # e.g. a finished sweep job re-run by hand with its saved overrides
             log.warning("trial %d of study %r has already finished: not reporting to it", number, study_name)
             return cls(None, direction=direction)
-        pruner_cfg = storage.get_study_user_attrs(study_id).get("pruner")
+        attrs = storage.get_study_user_attrs(study_id)
+        pruner_cfg = attrs.get("pruner")
         if pruner_cfg is None:
             pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
         else:
@@ -132,7 +160,9 @@ class TrialReporter:
         study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=pruner
         )
-        return cls(optuna.trial.Trial(study, trial_id), direction=direction, run_dir=run_dir)
+        trial = optuna.trial.Trial(study, trial_id)
+        prune_on = str(attrs.get("prune_on") or DEFAULT_PRUNE_ON)
+        return cls(trial, direction=direction, run_dir=run_dir, prune_on=prune_on)
 
     @property
     def active(self) -> bool:
@@ -167,21 +197,51 @@ class TrialReporter:
             self.trial.set_user_attr("best_step", int(step))
             if metrics:
                 self.set_metrics(metrics)
-        if not self.can_prune:
+        if not self.can_prune or self.prune_on != DEFAULT_PRUNE_ON:
             return
+        self._prune(value, step, final, f"score {value:.6g}")
+
+    def report_signal(self, metrics: Mapping[str, Any], step: int, *, final: bool = False) -> None:
+        """Report ``metrics[prune_on]`` to the pruner when the sweep prunes on a metric other than
+        ``eval/score``; raise :class:`optuna.TrialPruned` if the trial should stop.
+
+        The value goes to Optuna in the study's direction: a lower-is-better metric (a loss) negated in
+        a maximize study. No-op outside a sweep, when pruning on ``eval/score`` or when ``metrics``
+        lacks the key (an image-only evaluation step).
+        """
+        if self.trial is None or not self.can_prune or self.prune_on == DEFAULT_PRUNE_ON:
+            return
+        raw = metrics.get(self.prune_on)
+        if raw is None:
+            return
+        raw = float(raw)
+        sign = self.signal_sign
+        if not self._signal_named:  # readers of the study alone (the report) undo the sign with these
+            self.trial.set_user_attr("prune_on", self.prune_on)
+            self.trial.set_user_attr("prune_sign", sign)
+            self._signal_named = True
+        self._prune(sign * raw, step, final, f"{self.prune_on} {raw:.6g}")
+
+    @property
+    def signal_sign(self) -> float:
+        """+1 or -1: what ``prune_on`` values are multiplied by for the study's direction."""
+        return -1.0 if lower_is_better(self.prune_on) == (self.direction == "maximize") else 1.0
+
+    def _prune(self, value: float, step: int, final: bool, what: str) -> None:
+        assert self.trial is not None
         self.trial.report(value, step)
         if step > 0 and not final and self.trial.should_prune():
             log.info(
-                "trial %d pruned at step %d (score %.4g; best %s)",
+                "trial %d pruned at step %d (%s; best score %s)",
                 self.trial.number,
                 step,
-                value,
+                what,
                 "none" if self.best_step is None else f"{self.best_score:.4g} at step {self.best_step}",
             )
             self.write_state("PRUNED", step)
             import optuna
 
-            raise optuna.TrialPruned(f"pruned at step {step} with score {value:.6g}")
+            raise optuna.TrialPruned(f"pruned at step {step} with {what}")
 
     def set_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Store the numeric entries of ``metrics`` as user attrs of the trial (no-op outside a sweep)."""

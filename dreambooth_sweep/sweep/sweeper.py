@@ -151,7 +151,14 @@ class OptunaSearch(Sweeper):
         sampler: Any,
         pruner: Any,
         params: Mapping[str, Any] | None,
+        prune_on: str = "eval/score",
     ) -> None:
+        if not isinstance(prune_on, str) or "/" not in prune_on:
+            raise SweepError(
+                f"hydra.sweeper.prune_on={prune_on!r} is not a metric name: use eval/score or a logged "
+                "metric such as val/instance_loss"
+            )
+        self.prune_on = prune_on
         self.directions = [str(d) for d in directions] if directions else [direction]
         self.objectives = [str(k) for k in objectives] if objectives else [objective]
         if any(d not in ("maximize", "minimize") for d in self.directions):
@@ -278,6 +285,7 @@ class OptunaSearch(Sweeper):
             )
         study.set_user_attr("pruner", pruner_cfg)  # the jobs rebuild the pruner from this
         study.set_user_attr("objectives", self.objectives)
+        study.set_user_attr("prune_on", self.prune_on)  # what the jobs report to the pruner
         self.study_id = self.storage_obj.get_study_id_from_name(self.name)
         self.space = dict(space)
         self.joined_at = len(study.get_trials(deepcopy=False))
@@ -291,7 +299,7 @@ class OptunaSearch(Sweeper):
             ", ".join(self.objectives),
             type(study.sampler).__name__,
             "random" if seed is None else seed,
-            type(pruner).__name__,
+            f"{type(pruner).__name__} on {self.prune_on}",
             count_finished(study),
             self.n_trials,
         )

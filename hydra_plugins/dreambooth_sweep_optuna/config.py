@@ -13,6 +13,7 @@ sweep file, and set the fields below under ``hydra.sweeper``::
         study_name: lr-sweep
         n_trials: 30
         pruner: {_target_: optuna.pruners.MedianPruner, n_startup_trials: 5}
+        prune_on: val/instance_loss   # decide every eval.val_loss_every_n_steps (default: eval/score)
         params:
           train.lr: tag(log, interval(1e-7, 1e-5))
           train.text_encoder_steps: choice(0, 100, 200)
@@ -75,6 +76,10 @@ class OptunaSweeperConf:
     sampler: Any = None
     # null: no pruning
     pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
+    # the metric the pruner decides on: eval/score (every eval.every_n_steps) or e.g. val/instance_loss
+    # (every eval.val_loss_every_n_steps, cheap); a loss goes to Optuna negated in a maximize study.
+    # The trial's value is still `objective` (its best eval/score)
+    prune_on: str = "eval/score"
     params: dict[str, Any] = field(default_factory=dict)  # the search space: key -> syntax above
 
 
