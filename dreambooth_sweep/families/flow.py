@@ -120,4 +120,3 @@ class FlowFamily(ModelFamily):
         noisy = (1.0 - sigmas) * latents + sigmas * noise
         weighting = compute_loss_weighting_for_sd3(weighting_scheme=scheme, sigmas=sigmas)
         return Noised(noisy, timesteps, noise - latents, weighting=weighting, sigmas=sigmas)
-
