@@ -28,7 +28,7 @@ What happens, in order:
    (``from_pretrained``), ``pytorch_lora_weights.safetensors`` (``load_lora_weights``) and/or
    ``learned_embeds.safetensors`` (``load_textual_inversion``).
 
-Why one file of ~750 lines: the training loop is meant to be read top to bottom, as in diffusers'
+Why one file of ~800 lines: the training loop is meant to be read top to bottom, as in diffusers'
 examples and nanoGPT; what is not the loop (families, methods, data, caches, evaluation, tracking)
 lives in its own module.
 """
