@@ -345,8 +345,9 @@ def _folder_checkpoint(folder: Path, read: Any) -> Checkpoint | None:
             read(weights),
         )
         parts[denoiser.name] = denoiser
-        if (folder / "text_encoder" / "config.json").is_file():
-            parts["text_encoder"] = folder / "text_encoder"
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if (folder / name / "config.json").is_file():
+                parts[name] = folder / name
     elif lora is not None:
         kind, fmt, header = "lora", "diffusers-lora", read(lora)
         parts["lora"] = lora
