@@ -138,7 +138,12 @@ class Applier:
         if mismatch:
             raise self._mismatch(ckpt, made_for, base)
         if "lora" in ckpt.parts:  # our own files name their family; key names tell the others apart
-            family.check_lora_file(ckpt.parts["lora"])
+            try:
+                family.check_lora_file(ckpt.parts["lora"])
+            except ConfigError as exc:
+                raise self._mismatch(
+                    ckpt, _tagged_family(ckpt.parts["lora"]), self.base_description()
+                ) from exc
 
     def _mismatch(self, ckpt: Checkpoint, made_for: str, base: str) -> ConfigError:
         return ConfigError(
@@ -244,6 +249,18 @@ class Applier:
                     f"e.g. \"data.identifier='<{ckpt.token or 'sks'}>'\""
                 ) from exc
             raise
+
+
+def _tagged_family(path: Path) -> str:
+    """The family a LoRA file names (ours) or its key names point to, for error lines."""
+    from dreambooth_sweep.families import FAMILIES
+    from dreambooth_sweep.families.lora_files import file_family, guess_lora_family
+
+    found = file_family(path)
+    if found in FAMILIES:
+        return FAMILIES[found].label
+    guessed = guess_lora_family(path) or ()
+    return "/".join(FAMILIES[n].label if n in FAMILIES else n for n in guessed) or "another base"
 
 
 def _same_family(made_for: str | None, base: str | None) -> bool:

@@ -80,7 +80,7 @@ def _train_and_score(model: str, family_cfg, tmp_path: Path, cache_dir: Path, de
 
     # A file of this family on an SD base: one line naming the file, before anything is scored.
     sd = _common("tiny", tmp_path, cache_dir, demo_dir)
-    with pytest.raises(ConfigError, match=r"checkpoint-2.*model=") as err:
+    with pytest.raises(ConfigError, match=r"checkpoint-2.* seems made for .*set model=") as err:
         evaluate(
             compose_config(
                 [*sd, f"checkpoints.dir={run / 'checkpoints'}", f"checkpoints.out={tmp_path / 'sd'}",
@@ -96,8 +96,9 @@ def test_score_tiny_sdxl_lora_checkpoints(family_cfg, tmp_path, cache_dir, demo_
 
 
 @pytest.mark.slow
-def test_score_tiny_flux_lora_checkpoints(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
-    _train_and_score("tiny_flux", family_cfg, tmp_path, cache_dir, demo_dir)
+@pytest.mark.parametrize("model", ["tiny_flux", "tiny_sd3"])
+def test_score_tiny_transformer_lora_checkpoints(model, family_cfg, tmp_path, cache_dir, demo_dir) -> None:
+    _train_and_score(model, family_cfg, tmp_path, cache_dir, demo_dir)
 
 
 def test_embeddings_are_refused_on_flow_families(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
