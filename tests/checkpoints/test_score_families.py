@@ -101,6 +101,46 @@ def test_score_tiny_transformer_lora_checkpoints(model, family_cfg, tmp_path, ca
     _train_and_score(model, family_cfg, tmp_path, cache_dir, demo_dir)
 
 
+@pytest.mark.parametrize("model", ["tiny_sdxl", pytest.param("tiny_flux", marks=pytest.mark.slow)])
+def test_score_full_checkpoints(model, family_cfg, tmp_path, cache_dir, demo_dir) -> None:
+    """Full fine-tuning states (accelerate's model.safetensors per step, then model/): into a copy of the
+    family's denoiser; the last equals eval-only ``weights.model_dir`` of the saved pipeline."""
+    from conftest import compose_config
+
+    from dreambooth_sweep.evaluate import evaluate
+    from dreambooth_sweep.train import train
+
+    train_cfg = family_cfg(
+        model,
+        "method=dreambooth",
+        "train.lr=1e-3",
+        "train.max_steps=4",
+        "train.checkpoint_every_n_steps=2",
+        "train.checkpoints_total_limit=null",
+        "train.num_threads=1",
+    )
+    train(train_cfg)
+    run = Path(train_cfg.paths.output_dir)
+    common = _common(model, tmp_path, cache_dir, demo_dir)
+    out = tmp_path / "scored"
+    evaluate(
+        compose_config(
+            [*common, f"checkpoints.dir={run}", f"checkpoints.out={out}", "checkpoints.settle_s=0"],
+            config_name="evaluate",
+        )
+    )
+    rows = _history(out / "eval_history.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    direct = evaluate(
+        compose_config(
+            [*common, f"paths.output_dir={tmp_path / 'direct'}", f"weights.model_dir={run / 'model'}"],
+            config_name="evaluate",
+        )
+    )
+    for key in METRICS:
+        assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
+
+
 def test_embeddings_are_refused_on_flow_families(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
     """A textual-inversion embedding on a FLUX base: one line saying scoring loads them on SD/SDXL only."""
     import torch
