@@ -141,6 +141,41 @@ def test_score_full_checkpoints(model, family_cfg, tmp_path, cache_dir, demo_dir
         assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
 
 
+def test_score_tiny_sdxl_embeddings(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
+    """SDXL textual inversion (clip_l/clip_g files per step): into copies of both tokenizers/encoders."""
+    from conftest import compose_config
+
+    from dreambooth_sweep.evaluate import evaluate
+    from dreambooth_sweep.methods import EMBEDDINGS_FILE
+    from dreambooth_sweep.train import train
+
+    ident = "data.identifier='<sks>'"
+    train_cfg = family_cfg("tiny_sdxl", "method=textual_inversion", ident, "method.ti_lr=5e-2",
+                           "train.max_steps=4", "train.checkpoint_every_n_steps=2",
+                           "train.checkpoints_total_limit=null", "train.num_threads=1")  # fmt: skip
+    train(train_cfg)
+    run = Path(train_cfg.paths.output_dir)
+    common = [*_common("tiny_sdxl", tmp_path, cache_dir, demo_dir), ident]
+    out = tmp_path / "scored"
+    evaluate(
+        compose_config(
+            [*common, f"checkpoints.dir={run}", f"checkpoints.out={out}", "checkpoints.settle_s=0"],
+            config_name="evaluate",
+        )
+    )
+    rows = _history(out / "eval_history.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    direct = evaluate(
+        compose_config(
+            [*common, f"paths.output_dir={tmp_path / 'direct'}",
+             f"weights.embedding={run / 'model' / EMBEDDINGS_FILE}"],
+            config_name="evaluate",
+        )
+    )  # fmt: skip
+    for key in METRICS:
+        assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
+
+
 def test_embeddings_are_refused_on_flow_families(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
     """A textual-inversion embedding on a FLUX base: one line saying scoring loads them on SD/SDXL only."""
     import torch
