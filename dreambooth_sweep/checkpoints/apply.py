@@ -6,18 +6,20 @@
   ``unload_lora_weights`` takes the adapter layers out again. The base weights never change: a checksum
   taken at load time is compared after every unload.
 * **Full weights** (``unet/``/``transformer/`` folders, pipeline folders, accelerate's ``model.safetensors``,
-  single-file checkpoints) load into a *copy* of the UNet (and text encoder), freed after scoring.
-* **Embeddings** load with ``load_textual_inversion`` into copies of the tokenizer and text encoder,
-  under ``data.identifier`` (the token the evaluation prompts use).
+  single-file checkpoints) load into a *copy* of the family's denoiser (and text encoders), freed after
+  scoring.
+* **Embeddings** (SD-1.x/2.x and SDXL) load the family's way into copies of the tokenizers and text
+  encoders, under ``data.identifier`` (the token the evaluation prompts use).
 
-A checkpoint made for another base is refused before anything is loaded: its cross-attention width
-(or embedding width, or metadata) is compared with the base model's, in one line naming both.
+Every family the project supports (SD-1.x/2.x, SDXL, SD3.x, FLUX.1) is scored through its own pipeline
+(``components.family``). A checkpoint made for another base is refused before anything is loaded: its
+UNet cross-attention width (or embedding width, metadata, key names, our files' family tag) is compared
+with the base model's, in one line naming both.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,14 +61,26 @@ def pipeline_over(components: Any, scheduler: str | None = None) -> Any:
 # ----------------------------------------------------------------------------- applying
 
 
+# The fit module's names for the base families whose label does not come from the context width.
+_FIT_LABELS = {"sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX"}
+
+
 @dataclass
 class Applied:
     """The modules to sample with while a checkpoint is on, and its strength control."""
 
-    components: Any  # tokenizer/text encoder/UNet as the checkpoint needs them (copies where changed)
-    unet: torch.nn.Module
-    text_encoder: torch.nn.Module
+    components: Any  # the base's Components with the checkpoint's modules (copies where changed)
+    modules: dict[str, torch.nn.Module]  # every module to sample with, by pipeline name
     set_scale: Callable[[float], None]  # LoRA strength; a no-op for other checkpoints
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoiser (UNet or transformer), as :class:`~dreambooth_sweep.evaluator.EvalContext` names it."""
+        return self.modules[self.components.family.denoiser]
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        return self.modules[self.components.family.text_encoders[0]]
 
 
 class Applier:
@@ -82,30 +96,54 @@ class Applier:
         from dreambooth_sweep.caches import fingerprint
 
         self.base = components
+        self.model_family = components.family
         self.identifier = identifier
         self.base_name = base_name
-        self.context = int(components.unet.config.cross_attention_dim)
-        self.hidden = int(components.text_encoder.config.hidden_size)
-        self.family = fit.CONTEXT_FAMILIES.get(self.context)
+        config = components.denoiser.config
+        # A UNet's cross-attention width is what LoRA / full weights shapes tell; transformers have none.
+        context = (
+            getattr(config, "cross_attention_dim", None) if self.model_family.denoiser == "unet" else None
+        )
+        self.context = int(context) if context is not None else None
+        self.hidden = int(getattr(components, self.model_family.text_encoders[0]).config.hidden_size)
+        self.family = _FIT_LABELS.get(self.model_family.name) or (
+            fit.CONTEXT_FAMILIES.get(self.context) if self.context is not None else None
+        )
         self._fingerprint = fingerprint(components)
 
     def base_description(self) -> str:
-        return fit.describe(self.family, self.context)
+        return fit.describe(self.family, self.context) if self.context else self.model_family.label
 
     def check_fit(self, ckpt: Checkpoint) -> None:
         """Refuse a checkpoint made for another base model (one line: the file, both bases, the fix)."""
+        family = self.model_family
+        if ckpt.kind == "embedding" and family.name not in ("sd", "sdxl"):
+            raise ConfigError(
+                f"{ckpt.path} is a textual-inversion embedding, which scoring loads into SD-1.x/2.x and SDXL "
+                f"models only, not {family.label} ({self.base_name}): score LoRA or full checkpoints here"
+            )
         if ckpt.kind == "embedding":
             mismatch = ckpt.embed_dim is not None and ckpt.embed_dim != self.hidden
             made_for = fit.describe(ckpt.family, None) + f" (embedding width {ckpt.embed_dim})"
             base = f"{self.base_description()}, text width {self.hidden}"
         else:
-            if ckpt.context is not None:  # shapes decide when the file has them
+            other = "transformer" if family.denoiser == "unet" else "unet"
+            if other in ckpt.parts:  # a UNet for a transformer model or the other way round
+                mismatch = True
+            elif ckpt.context is not None and self.context is not None:  # shapes decide when both have them
                 mismatch = ckpt.context != self.context
             else:
-                mismatch = ckpt.family is not None and self.family is not None and ckpt.family != self.family
+                mismatch = not _same_family(ckpt.family, self.family)
             made_for, base = fit.describe(ckpt.family, ckpt.context), self.base_description()
         if mismatch:
             raise self._mismatch(ckpt, made_for, base)
+        if "lora" in ckpt.parts:  # our own files name their family; key names tell the others apart
+            try:
+                family.check_lora_file(ckpt.parts["lora"])
+            except ConfigError as exc:
+                raise self._mismatch(
+                    ckpt, _tagged_family(ckpt.parts["lora"]), self.base_description()
+                ) from exc
 
     def _mismatch(self, ckpt: Checkpoint, made_for: str, base: str) -> ConfigError:
         return ConfigError(
@@ -117,19 +155,26 @@ class Applier:
     def applied(self, ckpt: Checkpoint) -> Iterator[Applied]:
         """The base model with ``ckpt`` on it for the ``with`` block; the base as it was afterwards."""
         self.check_fit(ckpt)
-        base = self.base
-        unet, text_encoder, tokenizer = base.unet, base.text_encoder, base.tokenizer
+        base, family = self.base, self.model_family
+        live = {name: getattr(base, name) for name in base.module_names}
+        tokenizers = {name: getattr(base, name) for name in base.tokenizer_names}
         lora_on = False
+        pipe: Any = None
         try:
             try:
-                if "embedding" in ckpt.parts:
-                    text_encoder, tokenizer = copy.deepcopy(text_encoder), copy.deepcopy(tokenizer)
+                if "embedding" in ckpt.parts:  # new tokens go into copies: the base keeps its vocabulary
+                    for name in family.token_encoders:
+                        live[name] = copy.deepcopy(live[name])
+                    tokenizers = {name: copy.deepcopy(t) for name, t in tokenizers.items()}
                 if any(k in ckpt.parts for k in ("unet", "transformer", "single_file")):
-                    unet = self._full_unet(ckpt)
-                if "text_encoder" in ckpt.parts:
-                    text_encoder = copy.deepcopy(text_encoder)
-                    _load_into(text_encoder, ckpt.parts["text_encoder"])
-                comps = dataclasses.replace(base, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+                    live[family.denoiser] = self._full_denoiser(ckpt)
+                for name in family.text_encoders:
+                    if name in ckpt.parts:
+                        live[name] = copy.deepcopy(live[name])
+                        _load_into(live[name], ckpt.parts[name])
+                comps = copy.copy(base)  # shares the untouched modules, the noise schedule and settings
+                for name, value in {**live, **tokenizers}.items():
+                    setattr(comps, name, value)
                 pipe = pipeline_over(comps)
                 if "embedding" in ckpt.parts:
                     self._embedding(pipe, ckpt)
@@ -153,9 +198,12 @@ class Applier:
                 if lora_on:
                     pipe.set_adapters([ADAPTER], adapter_weights=[float(scale)])
 
-            yield Applied(comps, pipe.unet, pipe.text_encoder, set_scale)
+            modules = {name: getattr(pipe, name) for name in base.module_names}
+            for name in base.tokenizer_names:
+                setattr(comps, name, getattr(pipe, name))
+            yield Applied(comps, modules, set_scale)
         finally:
-            if lora_on:
+            if lora_on and pipe is not None:
                 pipe.unload_lora_weights()
             self._check_base()
 
@@ -165,28 +213,34 @@ class Applier:
         if fingerprint(self.base) != self._fingerprint:
             raise RuntimeError("the base model's weights changed while a checkpoint was applied")
 
-    def _full_unet(self, ckpt: Checkpoint) -> torch.nn.Module:
-        base_unet = self.base.unet
+    def _full_denoiser(self, ckpt: Checkpoint) -> torch.nn.Module:
         if "single_file" in ckpt.parts:
             return self._single_file(ckpt.parts["single_file"])
-        unet = copy.deepcopy(base_unet)
+        denoiser = copy.deepcopy(self.base.denoiser)
         part = ckpt.parts.get("unet") or ckpt.parts["transformer"]
-        _load_into(unet, part)
-        return unet
+        _load_into(denoiser, part)
+        return denoiser
 
     def _single_file(self, path: Path) -> torch.nn.Module:
-        """An original-layout checkpoint through diffusers' converter, with the base model's UNet config."""
-        from diffusers import UNet2DConditionModel
-
-        param = next(self.base.unet.parameters())
-        unet = UNet2DConditionModel.from_single_file(
-            str(path), config=str(self.base.source), subfolder="unet", torch_dtype=param.dtype
+        """An original-layout checkpoint through diffusers' converter, with the base model's denoiser config."""
+        base = self.base.denoiser
+        param = next(base.parameters())
+        if not hasattr(type(base), "from_single_file"):
+            raise ConfigError(
+                f"{path} is a single-file checkpoint, which diffusers cannot convert for "
+                f"{type(base).__name__}: save it as a diffusers folder ({self.model_family.denoiser}/)"
+            )
+        denoiser = type(base).from_single_file(
+            str(path),
+            config=str(self.base.source),
+            subfolder=self.model_family.denoiser,
+            torch_dtype=param.dtype,
         )
-        return unet.to(param.device)
+        return denoiser.to(param.device)
 
     def _embedding(self, pipe: Any, ckpt: Checkpoint) -> None:
         try:
-            pipe.load_textual_inversion(str(ckpt.parts["embedding"]), token=self.identifier)
+            self.model_family.load_embeddings(pipe, ckpt.parts["embedding"], self.identifier)
         except ValueError as exc:
             if "already in tokenizer vocabulary" in str(exc):
                 raise ConfigError(
@@ -195,6 +249,25 @@ class Applier:
                     f"e.g. \"data.identifier='<{ckpt.token or 'sks'}>'\""
                 ) from exc
             raise
+
+
+def _tagged_family(path: Path) -> str:
+    """The family a LoRA file names (ours) or its key names point to, for error lines."""
+    from dreambooth_sweep.families import FAMILIES
+    from dreambooth_sweep.families.lora_files import file_family, guess_lora_family
+
+    found = file_family(path)
+    if found in FAMILIES:
+        return FAMILIES[found].label
+    guessed = guess_lora_family(path) or ()
+    return "/".join(FAMILIES[n].label if n in FAMILIES else n for n in guessed) or "another base"
+
+
+def _same_family(made_for: str | None, base: str | None) -> bool:
+    """Whether a checkpoint's family (``fit`` names; ``FLUX/SD3`` fits either) fits the base's; unknown fits."""
+    if made_for is None or base is None:
+        return True
+    return made_for == base or base in made_for.split("/")
 
 
 def _load_into(module: torch.nn.Module, part: Path) -> None:

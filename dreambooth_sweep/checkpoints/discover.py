@@ -219,6 +219,9 @@ def _keys_kind(header: Header) -> tuple[str, str] | None:
         return "full", "single-file"
     if any(k.startswith(("conv_in.", "down_blocks.", "time_embedding.")) for k in keys):
         return "full", "unet-weights"
+    # FLUX (x_embedder, single_transformer_blocks) and SD3 (pos_embed, context_embedder) transformers
+    if any(k.startswith(("x_embedder.", "single_transformer_blocks.", "pos_embed.")) for k in keys):
+        return "full", "transformer-weights"
     if any(k.startswith(("text_model.", "embeddings.token_embedding")) for k in keys):
         return "full", "text-encoder-weights"
     if len(keys) <= 16 and all("." not in k and len(header.shapes[k]) in (1, 2) for k in keys):
@@ -265,7 +268,7 @@ def _file_checkpoint(path: Path, header: Header, obj: Any) -> Checkpoint | None:
         step, epoch, step_source = m_step, m_epoch if m_epoch is not None else epoch, m_source
     numbered = _name_step(stem)[1:3] != (None, None)
     role = {"lora": "lora", "embedding": "embedding"}.get(
-        kind, "single_file" if fmt == "single-file" else "unet"
+        kind, {"single-file": "single_file", "transformer-weights": "transformer"}.get(fmt, "unet")
     )
     ckpt = Checkpoint(
         path=path,
@@ -345,8 +348,9 @@ def _folder_checkpoint(folder: Path, read: Any) -> Checkpoint | None:
             read(weights),
         )
         parts[denoiser.name] = denoiser
-        if (folder / "text_encoder" / "config.json").is_file():
-            parts["text_encoder"] = folder / "text_encoder"
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if (folder / name / "config.json").is_file():
+                parts[name] = folder / name
     elif lora is not None:
         kind, fmt, header = "lora", "diffusers-lora", read(lora)
         parts["lora"] = lora
@@ -364,12 +368,14 @@ def _folder_checkpoint(folder: Path, read: Any) -> Checkpoint | None:
                     "LoRA training state without pytorch_lora_weights.safetensors (the adapter scale "
                     "is not in it): score the run's model/ folder or newer checkpoints"
                 )
-            if found and found[1] == "unet-weights":
-                parts["unet"], header = file, h
+            if found and found[1] in ("unet-weights", "transformer-weights"):
+                parts["unet" if found[1] == "unet-weights" else "transformer"], header = file, h
             elif found and found[1] == "text-encoder-weights":
                 parts["text_encoder"] = file
-        if "unet" not in parts:
-            raise Corrupt("training state holds no UNet weights (textual inversion state has no token file)")
+        if "unet" not in parts and "transformer" not in parts:
+            raise Corrupt(
+                "training state holds no UNet or transformer weights (textual inversion state has no token file)"
+            )
         kind, fmt = "full", "accelerate"
     else:
         return None

@@ -105,7 +105,9 @@ class _Scorer:
         from dreambooth_sweep.evaluator import Evaluator
 
         comps = load_base(self.cfg)
-        for module in (comps.unet, comps.text_encoder, comps.vae):
+        comps.family.check_sampler(self.cfg)
+        for name in comps.module_names:
+            module = getattr(comps, name)
             module.requires_grad_(False).to(self.device)
             if self.dtype != torch.float32:
                 module.to(self.dtype)
@@ -193,7 +195,9 @@ class _Scorer:
         comps = self.components
         self.evaluator.sample_root = self.out / "base" / "samples"
         self.evaluator.sample_root.mkdir(parents=True, exist_ok=True)
-        ctx = EvalContext(0, False, comps, comps.unet, comps.text_encoder, self.device, self.dtype)
+        live = {name: getattr(comps, name) for name in comps.module_names}
+        first = live[comps.family.text_encoders[0]]
+        ctx = EvalContext(0, False, comps, comps.denoiser, first, self.device, self.dtype, modules=live)
         self.base_result = self.evaluator(ctx)
 
     def _base_row(self, job: Job) -> dict[str, Any]:
@@ -235,6 +239,7 @@ class _Scorer:
                     on.text_encoder,
                     self.device,
                     self.dtype,
+                    modules=on.modules,
                 )
                 result = self.evaluator(ctx)
                 row = {"step": int(ckpt.step or 0), "lora_scale": scale, **result.metrics}
