@@ -173,3 +173,7 @@ def run_hydra_entry(main: Any, entry: str) -> None:
     except HydraException as exc:  # e.g. the sweeper's SweepError: already "problem: fix" on one line
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        # An in-process caller (``dreambooth-sweep score-checkpoints``, tests) must not keep the switch:
+        # processes it starts later would inherit it and print full tracebacks.
+        os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -59,8 +59,10 @@ def test_unet_only_run_saves_a_loadable_pipeline(make_cfg, base_dir: Path) -> No
 def test_prior_preservation_and_text_encoder_training(
     make_cfg, base_dir: Path, cache_dir: Path, monkeypatch
 ) -> None:
+    # A class prompt no other test uses: the session cache is shared, and this test counts its sets.
     cfg = make_cfg(
         "prior=on",
+        "prior.class_prompt='a toy photo'",
         "prior.num_class_images=3",
         "prior.gen_num_inference_steps=2",
         "train.train_text_encoder=true",
@@ -74,7 +76,7 @@ def test_prior_preservation_and_text_encoder_training(
     assert torch.isfinite(torch.tensor(result["train/loss"]))
     assert _changed(_weights(base_dir, "text_encoder"), _weights(model, "text_encoder"))
     assert not _changed(_weights(base_dir, "vae"), _weights(model, "vae"))
-    sets = [p for p in (cache_dir / "class_images").glob("a-photo-of-toy-64px-*") if p.is_dir()]
+    sets = [p for p in (cache_dir / "class_images").glob("a-toy-photo-64px-*") if p.is_dir()]
     assert len(sets) == 1 and len(list(sets[0].glob("*.png"))) == 3
 
     # A second run finds the class images in the shared cache and never builds a generation pipeline.
@@ -85,6 +87,7 @@ def test_prior_preservation_and_text_encoder_training(
     train(
         make_cfg(
             "prior=on",
+            "prior.class_prompt='a toy photo'",
             "prior.num_class_images=3",
             "prior.gen_num_inference_steps=2",
             "train.max_steps=1",
