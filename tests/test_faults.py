@@ -117,9 +117,11 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, cache_dir: Path, demo_dir
     runs = {r.data.tags["optuna.trial_number"]: r for r in _runs(client, study)}
     assert sorted(runs) == ["0", "1", "2", "3"] and len(_runs(client, study)) == 4  # one run per trial
     assert runs["1"].info.status == "KILLED"
-    assert "dbs.stale_reason" in runs["1"].data.tags and runs["1"].data.tags["error"].startswith(
-        "interrupted"
-    )
+    # Closed by whichever comes first: the sweeper failing the trial on its stale heartbeat
+    # ("interrupted: ..."), or the store-wide stale-run check seeing the process gone.
+    error = runs["1"].data.tags["error"]
+    assert "dbs.stale_reason" in runs["1"].data.tags
+    assert error.startswith("interrupted") or "ended without closing the run" in error, error
     assert [runs[n].info.status for n in ("0", "2", "3")] == ["FINISHED"] * 3
     parent = client.get_run(runs["0"].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
