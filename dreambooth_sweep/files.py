@@ -7,6 +7,7 @@ shared folder (class images, the MLflow store's parent run).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_replace_dir", "atomic_write", "file_lock", "remove_dir"]
+from dreambooth_sweep.errors import ConfigError
+
+__all__ = ["atomic_replace_dir", "atomic_write", "file_lock", "remove_dir", "writing_dir"]
 
 
 @contextmanager
@@ -69,3 +72,42 @@ def atomic_replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+# A full disk shows up as OSError(ENOSPC), or as torch's / safetensors' own errors ("file write failed",
+# "unexpected pos", "iostream error", "StorageFull"); so a failed write on a (nearly) full disk counts too.
+_DISK_FULL = ("No space left on device", "Disk quota exceeded", "StorageFull", "file write failed")
+_NEARLY_FULL_BYTES = 16 * 2**20
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(text in str(exc) for text in _DISK_FULL):
+        return True
+    try:
+        return isinstance(exc, Exception) and shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+@contextmanager
+def writing_dir(tmp: Path, what: str, *, clean_up: bool = True) -> Iterator[None]:
+    """Write a folder into ``tmp``: on any failure (Ctrl-C included) remove it (``clean_up``: the main
+    process only), so nothing half-written stays behind, and turn a full disk into a one-line
+    :class:`ConfigError`."""
+    try:
+        yield
+    except BaseException as exc:
+        full = _disk_full(exc, tmp.parent)  # before the partial folder is removed and frees space
+        if clean_up:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise ConfigError(
+                f"disk full while saving {what} under {tmp.parent}: free space or change paths.log_dir "
+                "(earlier checkpoints are intact)"
+            ) from exc
+        raise
+
+
+# ----------------------------------------------------------------------------- base model

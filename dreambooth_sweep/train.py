@@ -28,14 +28,13 @@ What happens, in order:
    (``from_pretrained``), ``pytorch_lora_weights.safetensors`` (``load_lora_weights``) and/or
    ``learned_embeds.safetensors`` (``load_textual_inversion``).
 
-Why one file of ~800 lines: the training loop is meant to be read top to bottom, as in diffusers'
+Why one file of ~780 lines: the training loop is meant to be read top to bottom, as in diffusers'
 examples and nanoGPT; what is not the loop (families, methods, data, caches, evaluation, tracking)
 lives in its own module.
 """
 
 from __future__ import annotations
 
-import errno
 import gc
 import json
 import logging
@@ -64,7 +63,7 @@ from dreambooth_sweep.caches import (
     trim_heap,
 )
 from dreambooth_sweep.config import ConfigError, register_configs, validate
-from dreambooth_sweep.files import atomic_replace_dir, remove_dir
+from dreambooth_sweep.files import atomic_replace_dir, remove_dir, writing_dir
 from dreambooth_sweep.methods import Method, build_method
 from dreambooth_sweep.models import (
     Components,
@@ -108,45 +107,6 @@ def _find_checkpoint(resume_from: str, out: Path) -> Path:
             "pass <run dir>/checkpoints/checkpoint-<step> or 'latest'"
         )
     return path
-
-
-# A full disk shows up as OSError(ENOSPC), or as torch's / safetensors' own errors ("file write failed",
-# "unexpected pos", "iostream error", "StorageFull"); so a failed write on a (nearly) full disk counts too.
-_DISK_FULL = ("No space left on device", "Disk quota exceeded", "StorageFull", "file write failed")
-_NEARLY_FULL_BYTES = 16 * 2**20
-
-
-def _disk_full(exc: BaseException, folder: Path) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if any(text in str(exc) for text in _DISK_FULL):
-        return True
-    try:
-        return isinstance(exc, Exception) and shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
-    except OSError:
-        return False
-
-
-@contextmanager
-def _writing(tmp: Path, what: str, *, clean_up: bool = True) -> Iterator[None]:
-    """Write a folder into ``tmp``: on any failure (Ctrl-C included) remove it (``clean_up``: the main
-    process only), so nothing half-written stays behind, and turn a full disk into a one-line
-    :class:`ConfigError`."""
-    try:
-        yield
-    except BaseException as exc:
-        full = _disk_full(exc, tmp.parent)  # before the partial folder is removed and frees space
-        if clean_up:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise ConfigError(
-                f"disk full while saving {what} under {tmp.parent}: free space or change paths.log_dir "
-                "(earlier checkpoints are intact)"
-            ) from exc
-        raise
-
-
-# ----------------------------------------------------------------------------- base model
 
 
 class _StepTimer:
@@ -764,7 +724,7 @@ def _save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()  # no process writes into tmp before it is clean
-    with _writing(tmp, final.name, clean_up=accelerator.is_main_process):
+    with writing_dir(tmp, final.name, clean_up=accelerator.is_main_process):
         accelerator.save_state(str(tmp))  # every process writes its random_states_<rank>.pkl
         if accelerator.is_main_process:
             torch.save(noise_gen.get_state(), tmp / "noise_generator.pt")
@@ -792,7 +752,7 @@ def _save_final(
         ema.copy_to(live[denoiser_name].parameters())
     final, tmp = out / "model", out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    with _writing(tmp, "the final model"):
+    with writing_dir(tmp, "the final model"):
         files = method.save(tmp, live)
     atomic_replace_dir(tmp, final)
     log.info("model saved: %s (%s)", final, ", ".join(sorted(f.name for f in final.iterdir())))
