@@ -5,21 +5,29 @@ set of latents, noises and timesteps tracks DreamBooth / textual inversion quali
 on, at a fraction of the cost of sampling and scoring images. Every ``eval.val_loss_every_n_steps`` the
 trainer asks :class:`ValidationLoss` for
 
-* ``val/instance_loss``: the mean loss over every instance photo × ``eval.val_loss_timesteps`` noise
-  levels, with the photo's training prompt (its caption, else the instance prompt);
+* ``val/instance_loss``: the mean loss over every instance photo at ``eval.val_loss_timesteps`` noise
+  levels each, with the photo's training prompt (its caption, else the instance prompt);
 * ``val/prior_loss`` (prior preservation on): the same on class images with the class prompt — prior
   drift in loss space;
-* ``val/instance_loss_by_t/{low,mid,high}``: the instance loss per third of the noise levels.
+* ``val/instance_loss_by_t/{low,mid,high}``: the instance loss over the examples in each third of the
+  noise-level distribution.
 
 The inputs are built once per run: each photo's center crop at its training size (bucket) is
 VAE-encoded and its latent distribution's *mean* taken (no sampling); noise comes from a
 ``torch.Generator`` of its own (``eval.val_loss_seed``, else ``train.seed``), never the global or the
-training generator; the noise levels are the centres of K equal-probability bins of the levels
-training draws (DDPM: timesteps uniform over the schedule; flow matching: σ at quantiles of
-``train.weighting_scheme``'s density), through the family's :meth:`~ModelFamily.noise_at`. The loss is
-training's (the family's target and flow-matching weighting), without Min-SNR weights, masks or
-offset noise, which would make it depend on training options rather than the model.
+training generator. The noise levels are stratified over a whole stream, not repeated per image: the
+``M = images × levels`` examples of a stream sit at the centres of ``M`` equal-probability bins of the
+levels training draws (DDPM: timesteps uniform over the schedule; flow matching: σ at quantiles of
+``train.weighting_scheme``'s density, through the family's :meth:`~ModelFamily.noise_at`), and image
+``i`` of ``n`` takes bins ``i, i + n, i + 2n, ...`` — one level per image already covers the schedule,
+several give each image one level per stratum. The instance stream takes at least 3 examples (more
+levels per image when there are fewer than 3 photos), so each band has one. The loss is training's
+(the family's target and flow-matching weighting), without Min-SNR weights, masks or offset noise,
+which would make it depend on training options rather than the model.
 
+Cost: one forward pass per example and no backward pass, so at the default of one level per image a
+validation loss costs less than one training step whenever the photos (plus as many class images)
+number at most about three training batches (``make bench BENCH_ARGS="--only eval,demo"`` measures it).
 Prior preservation uses the first class images, as many as there are instance photos (at least 1):
 enough for a drift signal, at a bounded cost. Examples go through the denoiser in fixed batches of
 ``eval.val_loss_batch_size`` (same-shaped latents together), each prompt is encoded once per call, and
@@ -40,7 +48,7 @@ from dreambooth_sweep.caches import TextEmbeddingCache, encode_moments, encode_r
 from dreambooth_sweep.data.transforms import place, to_tensor
 from dreambooth_sweep.families.base import pick
 
-__all__ = ["BANDS", "ValidationLoss", "band_of", "level_quantiles"]
+__all__ = ["BANDS", "ValidationLoss", "band_of", "level_quantiles", "stream_levels"]
 
 log = logging.getLogger("dreambooth_sweep.val_loss")
 
@@ -52,9 +60,16 @@ def level_quantiles(k: int) -> torch.Tensor:
     return (torch.arange(k, dtype=torch.float64) + 0.5) / k
 
 
-def band_of(index: int, k: int) -> str:
-    """The noise band of level ``index`` of ``k`` (levels split into thirds; k < 3 leaves bands empty)."""
-    return BANDS[min(index * len(BANDS) // k, len(BANDS) - 1)]
+def band_of(quantile: float) -> str:
+    """The noise band of a level at ``quantile`` of the distribution: its lower, middle or upper third."""
+    return BANDS[min(int(quantile * len(BANDS)), len(BANDS) - 1)]
+
+
+def stream_levels(n_images: int, per_image: int) -> list[list[float]]:
+    """Each image's noise-level quantiles: the ``n_images × per_image`` bins of the stream, image ``i``
+    taking bins ``i, i + n_images, ...`` (one per stratum of ``n_images`` bins)."""
+    quantiles = level_quantiles(n_images * per_image).tolist()
+    return [quantiles[i::n_images] for i in range(n_images)]
 
 
 @dataclass
@@ -104,43 +119,45 @@ class ValidationLoss:
         seed = e.val_loss_seed if e.val_loss_seed is not None else cfg.train.seed
         generator = torch.Generator("cpu").manual_seed(int(seed))  # the loss's own: no other stream moves
         resolution = int(cfg.data.resolution)
-        images = [
-            (i.image, size, prompt, "instance")
-            for i, size, prompt in zip(instances, sizes, prompts, strict=True)
-        ]
         n_class = min(max(1, len(instances)), len(class_images))
-        images += [
-            (im, (resolution, resolution), class_prompt or "", "prior") for im in list(class_images)[:n_class]
-        ]
+        # at least 3 instance examples, so that every noise band has one
+        instance_k = max(self.k, -(-len(BANDS) // max(1, len(instances))))
+        streams = [
+            ("instance", instance_k, [(i.image, size) for i, size in zip(instances, sizes, strict=True)],
+             list(prompts)),
+            ("prior", self.k, [(im, (resolution, resolution)) for im in list(class_images)[:n_class]],
+             [class_prompt or ""] * n_class),
+        ]  # fmt: skip
         self.examples: list[_Example] = []
-        quantiles = level_quantiles(self.k)
         vae = comps.vae
         ids: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for image, size, prompt, stream in images:
-                placed = place(image, size, center_crop=True)
-                pixels = to_tensor(placed.pixels)[None].to(device, dtype=dtype)
-                latents = self.family.latent_mean(comps, encode_moments(vae, pixels))[0]
-                if prompt not in ids:
-                    ids[prompt] = self.family.tokenize(comps, prompt)
-                for j, q in enumerate(quantiles.tolist()):
-                    noise = torch.randn(latents.shape, generator=generator).to(device)
-                    self.examples.append(
-                        _Example(
-                            latents,
-                            noise,
-                            q,
-                            band_of(j, self.k),
-                            ids[prompt],
-                            stream,
-                            placed.original_size,
-                            placed.crop_top_left,
+            for stream, per_image, images, stream_prompts in streams:
+                levels = stream_levels(len(images), per_image) if images else []
+                for (image, size), prompt, image_levels in zip(images, stream_prompts, levels, strict=True):
+                    placed = place(image, size, center_crop=True)
+                    pixels = to_tensor(placed.pixels)[None].to(device, dtype=dtype)
+                    latents = self.family.latent_mean(comps, encode_moments(vae, pixels))[0]
+                    if prompt not in ids:
+                        ids[prompt] = self.family.tokenize(comps, prompt)
+                    for q in image_levels:
+                        noise = torch.randn(latents.shape, generator=generator).to(device)
+                        self.examples.append(
+                            _Example(
+                                latents,
+                                noise,
+                                q,
+                                band_of(q),
+                                ids[prompt],
+                                stream,
+                                placed.original_size,
+                                placed.crop_top_left,
+                            )
                         )
-                    )
         self.has_prior = n_class > 0
         log.info(
-            "validation loss: %d instance + %d class images x %d noise levels, seed %d",
-            len(instances), n_class, self.k, seed,
+            "validation loss: %d instance images x %d + %d class images x %d noise levels (%d forward "
+            "examples), seed %d", len(instances), instance_k, n_class, self.k, len(self.examples), seed,
         )  # fmt: skip
 
     def metric_names(self) -> list[str]:

@@ -22,7 +22,7 @@ from dreambooth_sweep.data import load_images
 from dreambooth_sweep.models import load_components
 from dreambooth_sweep.sweep import TrialReporter
 from dreambooth_sweep.train import train
-from dreambooth_sweep.val_loss import ValidationLoss, band_of, level_quantiles
+from dreambooth_sweep.val_loss import ValidationLoss, band_of, level_quantiles, stream_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = [f"val/instance_loss_by_t/{b}" for b in ("high", "low", "mid")]
@@ -51,8 +51,40 @@ def _photos(demo_dir: Path) -> list:
 
 def test_quantiles_and_bands() -> None:
     assert level_quantiles(4).tolist() == [0.125, 0.375, 0.625, 0.875]
-    assert [band_of(i, 6) for i in range(6)] == ["low", "low", "mid", "mid", "high", "high"]
-    assert [band_of(i, 3) for i in range(3)] == ["low", "mid", "high"]
+    assert [band_of(q) for q in level_quantiles(6).tolist()] == ["low", "low", "mid", "mid", "high", "high"]
+    assert [band_of(q) for q in level_quantiles(4).tolist()] == ["low", "mid", "mid", "high"]
+    assert band_of(0.5) == "mid"
+
+
+def test_levels_are_stratified_over_the_stream() -> None:
+    # one level per image: the images share the schedule, one bin each
+    assert stream_levels(3, 1) == [[1 / 6], [0.5], [5 / 6]]
+    # several per image: image i takes bins i, i + n, ...: one in each stratum of n bins
+    levels = stream_levels(4, 3)
+    assert sorted(q for image in levels for q in image) == level_quantiles(12).tolist()
+    assert all([band_of(q) for q in image] == ["low", "mid", "high"] for image in levels)
+
+
+@pytest.mark.parametrize(("photos", "per_image", "examples"), [(3, 1, 3), (1, 1, 3), (2, 1, 4), (3, 2, 6)])
+def test_every_band_has_an_instance_example(
+    make_cfg, cache_dir: Path, demo_dir: Path, photos: int, per_image: int, examples: int
+) -> None:
+    """Fewer than 3 photos take more levels each, so the three bands always exist."""
+    cfg = make_cfg(f"eval.val_loss_timesteps={per_image}")
+    comps = load_components(cfg.model, cache_dir)
+    images = _photos(demo_dir)[:photos]
+    loss = ValidationLoss(
+        cfg, comps, images, [(64, 64)] * photos, ["a photo of sks toy"] * photos, device=torch.device("cpu"),
+        dtype=torch.float32,
+    )  # fmt: skip
+    assert len(loss.examples) == examples
+    assert loss.metric_names() == ["val/instance_loss", *BANDS]
+    # the stream's examples fill its bins exactly once, image after image
+    assert sorted(ex.quantile for ex in loss.examples) == level_quantiles(examples).tolist()
+    per_photo = examples // photos
+    assert [ex.quantile for ex in loss.examples] == [
+        q for image in stream_levels(photos, per_photo) for q in image
+    ]
 
 
 def test_fixed_inputs_give_bit_identical_losses(make_cfg, cache_dir: Path, demo_dir: Path) -> None:
