@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,22 @@ def test_callback_releases_the_process_caches_only_after_jobs_ran_here(
     here.on_job_end(config, job_return=None)  # Hydra's basic launcher: the job ran in this process
     here.on_multirun_end(config)
     assert released == [1]
+
+
+def test_report_callback_switches_off_with_the_documented_override(sweep_dir: Path, tmp_path: Path) -> None:
+    """`hydra.callbacks.report.enabled=false` (no `++`): the composed callback builds no report."""
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra.callbacks.report.enabled=false"], return_hydra_config=True)
+    callback = instantiate(cfg.hydra.callbacks.report)
+    assert isinstance(callback, report.ReportCallback) and callback.enabled is False
+    sweep = copy_sweep(sweep_dir, tmp_path / "sweep")
+    shutil.rmtree(sweep / "report", ignore_errors=True)  # the fixture's sweep ended with a report
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert not (sweep / "report").exists()
 
 
 def test_reproduce_command_is_copyable() -> None:
