@@ -146,6 +146,39 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
         raise
 
 
+def command_line_error(argv: list[str], entry: str) -> str | None:
+    """The one-line problem and fix for Hydra flags that cannot go together, else None."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    modes = [
+        flag
+        for flag, on in (
+            ("--run", args.run),
+            ("--multirun", args.multirun),
+            ("--cfg", args.cfg is not None),
+            ("--info", args.info is not None),
+            ("--shell-completion", args.shell_completion),
+        )
+        if on
+    ]
+    if args.help or args.hydra_help:
+        return None
+    if "--cfg" in modes and "--multirun" in modes:
+        return (
+            "--cfg cannot be combined with -m/--multirun (Hydra prints one job's config, not a sweep's): "
+            f"drop -m and give each swept key one value, e.g. `python -m {entry} --cfg job train.lr=1e-5`; "
+            "`--cfg hydra` shows the sweeper's settings"
+        )
+    if len(modes) > 1:
+        return (
+            f"{' and '.join(modes)} cannot be combined: Hydra takes one of them per command, drop the others"
+        )
+    if args.resolve and "--cfg" not in modes:
+        return "--resolve only works with --cfg: add --cfg job (or hydra, all), e.g. --cfg job --resolve"
+    return None
+
+
 def run_hydra_entry(main: Any, entry: str) -> None:
     """Run a ``@hydra.main`` function so composition errors end as one ``error:`` line and exit 2.
 
@@ -161,6 +194,10 @@ def run_hydra_entry(main: Any, entry: str) -> None:
     # diffusers and transformers create at import: about 2 s per process (runs, closes and flushes
     # happen before this; only the final cycle collection of module objects is skipped).
     atexit.register(gc.freeze)
+    usage = command_line_error(sys.argv[1:], entry)
+    if usage is not None:  # Hydra would raise a bare ValueError with a traceback
+        print(f"error: {usage}", file=sys.stderr)
+        sys.exit(2)
     if os.environ.get("HYDRA_FULL_ERROR"):
         main()
         return

@@ -281,8 +281,9 @@ def test_a_really_full_disk(tmp_path: Path, make_cfg) -> None:
 
 
 def test_cli_errors_exit_non_zero_with_one_line(tmp_path: Path, cache_dir: Path, demo_dir: Path) -> None:
-    """Three failures of ``python -m dreambooth_sweep.train``, started together (each start costs seconds):
-    our own ConfigError, the sweeper's SweepError and Hydra's compose error, each one ``error:`` line
+    """Four failures of ``python -m dreambooth_sweep.train``, started together (each start costs seconds):
+    our own ConfigError, the sweeper's SweepError, Hydra's compose error and Hydra flags that cannot go
+    together (Hydra's own bare ValueError), each one ``error:`` line
     (exit 2). None prints a traceback, and nothing is trained."""
     base = tiny_overrides(tmp_path, cache_dir, demo_dir)
     cases = {
@@ -293,6 +294,7 @@ def test_cli_errors_exit_non_zero_with_one_line(tmp_path: Path, cache_dir: Path,
             "search space is empty",
         ),
         "typo": ([*base, "train.learning_rate=1e-6"], 2, "Could not override 'train.learning_rate'"),
+        "cfg_multirun": (["-m", "--cfg", "job", *base], 2, "--cfg cannot be combined with -m/--multirun"),
     }
     env = worker_env()
     del env["HYDRA_FULL_ERROR"]  # what a user sees
@@ -320,3 +322,28 @@ def test_cli_errors_exit_non_zero_with_one_line(tmp_path: Path, cache_dir: Path,
             errors = [line for line in stderr.splitlines() if line.startswith("error:")]
             assert errors == hits and "check the key's spelling" in hits[0] and "+train" not in hits[0]
     assert not list(tmp_path.glob("outputs/**/metrics.json"))  # nothing trained
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-m", "--cfg", "job", "train.lr=1e-5,2e-5"], "--cfg cannot be combined with -m/--multirun"),
+        (["--multirun", "--cfg=hydra"], "--cfg cannot be combined with -m/--multirun"),
+        (["-m", "--info"], "--multirun and --info cannot be combined"),
+        (["--resolve", "train.lr=1e-5"], "--resolve only works with --cfg"),
+    ],
+)
+def test_hydra_flags_that_cannot_go_together(argv: list[str], message: str) -> None:
+    from dreambooth_sweep.runtime import command_line_error
+
+    line = command_line_error(argv, "dreambooth_sweep.train")
+    assert line is not None and line.startswith(message) and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "argv", [["--cfg", "job", "--resolve"], ["-m", "train.lr=1e-5,2e-5"], ["--help"], []]
+)
+def test_hydra_flags_that_go_together_pass(argv: list[str]) -> None:
+    from dreambooth_sweep.runtime import command_line_error
+
+    assert command_line_error(argv, "dreambooth_sweep.train") is None
