@@ -338,8 +338,26 @@ class ModelFamily:
     # -- inference
 
     def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:
-        """The family's pipeline over ``comps`` (``live`` overrides modules by name)."""
-        raise NotImplementedError
+        """The family's pipeline over ``comps`` (``live`` overrides modules by name), progress bars off."""
+        import diffusers
+
+        from dreambooth_sweep.samplers import make_scheduler
+
+        modules = {name: pick(comps, live, name) for name in (self.denoiser, *self.text_encoders)}
+        tokenizers = {name: getattr(comps, name) for name in self.tokenizers}
+        pipe = getattr(diffusers, self.pipeline_class)(
+            vae=comps.vae,
+            scheduler=make_scheduler(sampler, comps.scheduler_config),
+            **modules,
+            **tokenizers,
+            **self.pipeline_options(comps),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def pipeline_options(self, comps: Components) -> dict[str, Any]:
+        """The pipeline's other constructor arguments (safety checker, watermark, ...)."""
+        return {}
 
     def sample(self, pipe: Any, comps: Components, prompts: list[str], **kwargs: Any) -> list[Any]:
         """PIL images of ``prompts`` (kwargs: num_inference_steps, guidance_scale, height, width, generator)."""

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 
 from dreambooth_sweep.errors import ConfigError
-from dreambooth_sweep.families.base import Components, Conditioning, Noised, load_error, pick, split_ids
+from dreambooth_sweep.families.base import Components, Conditioning, Noised, load_error, split_ids
 from dreambooth_sweep.families.flow import FlowFamily
-from dreambooth_sweep.samplers import make_scheduler
 
 __all__ = ["FluxFamily"]
 
@@ -104,21 +103,6 @@ class FluxFamily(FlowFamily):
         )[0]
         scale = comps.vae_scale_factor
         return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
-
-    def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:
-        from diffusers import FluxPipeline
-
-        pipe = FluxPipeline(
-            scheduler=make_scheduler(sampler, comps.scheduler_config),
-            vae=comps.vae,
-            text_encoder=pick(comps, live, "text_encoder"),
-            tokenizer=comps.tokenizer,
-            text_encoder_2=pick(comps, live, "text_encoder_2"),
-            tokenizer_2=comps.tokenizer_2,
-            transformer=pick(comps, live, "transformer"),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     def sample(self, pipe: Any, comps: Components, prompts: list[str], **kwargs: Any) -> list[Any]:
         device = pipe.vae.device

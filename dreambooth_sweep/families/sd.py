@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from dreambooth_sweep.errors import ConfigError
-from dreambooth_sweep.families.base import Components, ModelFamily, Noised, load_error, pick
-from dreambooth_sweep.samplers import SCHEDULERS, make_scheduler
+from dreambooth_sweep.families.base import Components, ModelFamily, Noised, load_error
+from dreambooth_sweep.samplers import SCHEDULERS
 
 __all__ = ["DDPMFamily", "SDFamily"]
 
@@ -135,21 +135,8 @@ class SDFamily(DDPMFamily):
     ) -> torch.Tensor:
         return denoiser(noised.noisy, noised.timesteps, cond).sample
 
-    def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:
-        from diffusers import StableDiffusionPipeline
-
-        pipe = StableDiffusionPipeline(
-            vae=comps.vae,
-            text_encoder=pick(comps, live, "text_encoder"),
-            tokenizer=comps.tokenizer,
-            unet=pick(comps, live, "unet"),
-            scheduler=make_scheduler(sampler, comps.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def pipeline_options(self, comps: Components) -> dict[str, Any]:
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     def save_embeddings(
         self, folder: Path, identifier: str, vectors: dict[str, torch.Tensor], file: str

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from dreambooth_sweep.errors import ConfigError
-from dreambooth_sweep.families.base import Components, Conditioning, Noised, load_error, pick, split_ids
+from dreambooth_sweep.families.base import Components, Conditioning, Noised, load_error, split_ids
 from dreambooth_sweep.families.flow import FlowFamily
-from dreambooth_sweep.samplers import make_scheduler
 
 __all__ = ["SD3Family"]
 
@@ -91,23 +90,6 @@ class SD3Family(FlowFamily):
             pooled_projections=cond.pooled,
             return_dict=False,
         )[0]
-
-    def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:
-        from diffusers import StableDiffusion3Pipeline
-
-        pipe = StableDiffusion3Pipeline(
-            scheduler=make_scheduler(sampler, comps.scheduler_config),
-            vae=comps.vae,
-            text_encoder=pick(comps, live, "text_encoder"),
-            tokenizer=comps.tokenizer,
-            text_encoder_2=pick(comps, live, "text_encoder_2"),
-            tokenizer_2=comps.tokenizer_2,
-            text_encoder_3=pick(comps, live, "text_encoder_3"),
-            tokenizer_3=comps.tokenizer_3,
-            transformer=pick(comps, live, "transformer"),
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     def sample(self, pipe: Any, comps: Components, prompts: list[str], **kwargs: Any) -> list[Any]:
         device = pipe.vae.device

@@ -20,12 +20,10 @@ from dreambooth_sweep.families.base import (
     Conditioning,
     Noised,
     load_error,
-    pick,
     read_model_index,
     split_ids,
 )
 from dreambooth_sweep.families.sd import DDPMFamily
-from dreambooth_sweep.samplers import make_scheduler
 
 __all__ = ["SDXLFamily"]
 
@@ -96,22 +94,11 @@ class SDXLFamily(DDPMFamily):
         added = {"text_embeds": cond.pooled, "time_ids": time_ids}
         return denoiser(noised.noisy, noised.timesteps, cond.states, added_cond_kwargs=added).sample
 
-    def pipeline(self, comps: Components, sampler: str | None = None, **live: Any) -> Any:
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline(
-            vae=comps.vae,
-            text_encoder=pick(comps, live, "text_encoder"),
-            text_encoder_2=pick(comps, live, "text_encoder_2"),
-            tokenizer=comps.tokenizer,
-            tokenizer_2=comps.tokenizer_2,
-            unet=pick(comps, live, "unet"),
-            scheduler=make_scheduler(sampler, comps.scheduler_config),
-            force_zeros_for_empty_prompt=comps.settings.get("force_zeros_for_empty_prompt", True),
-            add_watermarker=False,
-        )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def pipeline_options(self, comps: Components) -> dict[str, Any]:
+        return {
+            "force_zeros_for_empty_prompt": comps.settings.get("force_zeros_for_empty_prompt", True),
+            "add_watermarker": False,
+        }
 
     def save_embeddings(
         self, folder: Path, identifier: str, vectors: dict[str, torch.Tensor], file: str
