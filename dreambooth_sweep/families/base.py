@@ -289,7 +289,14 @@ class ModelFamily:
         """A fresh sample of the latent distribution, shifted and scaled as the denoiser expects."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        latents = DiagonalGaussianDistribution(moments).sample(generator=generator).float()
+        return self._to_denoiser_space(
+            comps, DiagonalGaussianDistribution(moments).sample(generator=generator)
+        )
+
+    @staticmethod
+    def _to_denoiser_space(comps: Components, latents: torch.Tensor) -> torch.Tensor:
+        """VAE latents shifted (``shift_factor``, when the VAE has one) and scaled as the denoiser expects."""
+        latents = latents.float()
         config = comps.vae.config
         shift = getattr(config, "shift_factor", None)
         if shift is not None:
@@ -315,12 +322,7 @@ class ModelFamily:
 
     def latent_mean(self, comps: Components, moments: torch.Tensor) -> torch.Tensor:
         """The latent distribution's mean, shifted and scaled as :meth:`latents` does: no sampling."""
-        mean = moments.chunk(2, dim=1)[0].float()
-        config = comps.vae.config
-        shift = getattr(config, "shift_factor", None)
-        if shift is not None:
-            mean = mean - shift
-        return mean * config.scaling_factor
+        return self._to_denoiser_space(comps, moments.chunk(2, dim=1)[0])
 
     def noise_at(
         self,
