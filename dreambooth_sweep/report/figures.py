@@ -20,6 +20,7 @@ from dreambooth_sweep.report.model import (
     NOTICEABLE,
     PAPER_REFERENCE,
     Sweep,
+    Trial,
     finite,
     main_metrics,
     metric_label,
@@ -183,14 +184,7 @@ def plot_curves(sweep: Sweep, path: Path) -> Path:
         shared = bool(base) and max(base) - min(base) <= 1e-6 * max(1.0, abs(max(base)))
         if shared:  # one base model for all trials (the usual case): one dashed line
             ax.axhline(base[0], ls="--", color="gray", lw=1.2, label="base model (step 0)")
-        for (label, trial), color in zip(ordered, _colors(len(ordered)), strict=True):
-            points = [(s, m[key]) for s, m in sorted(trial.history.items()) if finite(m.get(key))]
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            style = ":" if trial.state in ("PRUNED", "FAIL") else "-"
-            name = f"{_clip(label)} ({trial.state.lower()})"
-            ax.plot(xs, ys, style, marker="o", ms=3, color=color, label=name)
+        for color, xs, ys in _trial_lines(ax, ordered, key, marker_size=3):
             if not shared and xs[0] == 0:  # each trial its own base model (e.g. the model is swept)
                 ax.axhline(ys[0], ls="--", color=color, lw=0.8, alpha=0.7)
         if spot is not None and finite(spot[2].get(key)):
@@ -206,6 +200,22 @@ def plot_curves(sweep: Sweep, path: Path) -> Path:
     )
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _trial_lines(ax: Any, ordered: list[tuple[str, Trial]], key: str, *, marker_size: float) -> list:
+    """One line per trial of ``key`` against the step (dotted: pruned or failed), in the trials' colours;
+    returns each drawn line's ``(color, steps, values)``."""
+    drawn = []
+    for (label, trial), color in zip(ordered, _colors(len(ordered)), strict=True):
+        points = [(s, m[key]) for s, m in sorted(trial.history.items()) if finite(m.get(key))]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        style = ":" if trial.state in ("PRUNED", "FAIL") else "-"
+        name = f"{_clip(label)} ({trial.state.lower()})"
+        ax.plot(xs, ys, style, marker="o", ms=marker_size, color=color, label=name)
+        drawn.append((color, xs, ys))
+    return drawn
 
 
 def _data_limits(values: Sequence[float]) -> tuple[float, float]:
@@ -326,21 +336,7 @@ def plot_val_loss(sweep: Sweep, path: Path) -> Path:
         ax.set(title=key.removeprefix("val/"), xlabel="step", ylabel="loss (lower is better)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        for (label, trial), color in zip(ordered, _colors(len(ordered)), strict=True):
-            points = [(s, m[key]) for s, m in sorted(trial.history.items()) if finite(m.get(key))]
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            style = ":" if trial.state in ("PRUNED", "FAIL") else "-"
-            ax.plot(
-                xs,
-                ys,
-                style,
-                marker="o",
-                ms=2.5,
-                color=color,
-                label=f"{_clip(label)} ({trial.state.lower()})",
-            )
+        _trial_lines(ax, ordered, key, marker_size=2.5)
         if not ax.lines:
             _empty(ax)
     for ax in axes[len(keys) :]:
