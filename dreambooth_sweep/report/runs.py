@@ -161,6 +161,12 @@ def _run_number(run: Any, default: int) -> int:
     return default
 
 
+def _optuna_number(run: Any) -> int | None:
+    """The run's Optuna trial number (unique within its study), when it has one."""
+    value = str(run.data.tags.get(TAG_OPTUNA_TRIAL, ""))
+    return int(value) if value.isdigit() else None
+
+
 def _split_overrides(text: str) -> list[str]:
     """The ``hydra.overrides`` tag joins overrides with spaces: glue back pieces of values with spaces."""
     out: list[str] = []
@@ -194,6 +200,14 @@ def merge_mlflow(trials: dict[int, Trial], mlflow: Any, runs: Sequence[Any], sta
         out = run.data.tags.get(TAG_OUTPUT_DIR)
         trial = by_dir.get(Path(out).resolve()) if out else None
         if trial is None and number in trials and trials[number].run_dir is None:
+            trial = trials[number]
+        if (
+            trial is None
+            and _optuna_number(run) == number
+            and number in trials
+            and trials[number].run_id is None
+        ):
+            # Optuna numbers are unique in the study: the same trial, its folder moved or copied since
             trial = trials[number]
         if trial is None:
             if number in trials:  # a number clash between sweep folders: do not overwrite

@@ -148,3 +148,29 @@ def test_mlflow_parent_run_source_and_the_report_logged_to_it(sweep_dir: Path, t
 
     # From the folder, the parent run is found by its sweep id (tracking.py's dbs.sweep_id tag).
     assert report.load_sweep(sweep, tracking_uri=uri).tracking == (uri, pid)
+
+
+def test_a_moved_optuna_sweep_folder_keeps_one_trial_per_number(sweep_dir: Path, tmp_path: Path) -> None:
+    """The MLflow runs still name the folder the jobs ran in; their Optuna trial numbers (unique in the
+    study) attach them to the moved folder's trials instead of doubling every trial."""
+    from mlflow.tracking import MlflowClient
+
+    sweep = copy_sweep(sweep_dir, tmp_path / "moved")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("dreambooth-sweep/s", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp, tags={"dbs.sweep_id": f"hydra:{sweep.resolve()}", "dbs.role": "parent"})
+    children = {}
+    for job in ("0", "1"):
+        child = client.create_run(
+            exp,
+            tags={"mlflow.parentRunId": parent.info.run_id, "optuna.trial_number": job,
+                  "hydra.job_num": job, "output_dir": str(tmp_path / "where-it-ran" / job)},
+        )  # fmt: skip
+        client.set_terminated(child.info.run_id, "FINISHED")
+        children[job] = child.info.run_id
+    loaded = report.load_sweep(sweep, tracking_uri=uri)
+    assert [(t.number, t.run_dir, t.run_id) for t in loaded.trials] == [
+        (0, sweep / "0", children["0"]),
+        (1, sweep / "1", children["1"]),
+    ]
