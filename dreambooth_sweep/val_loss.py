@@ -25,9 +25,8 @@ levels per image when there are fewer than 3 photos), so each band has one. The 
 (the family's target and flow-matching weighting), without Min-SNR weights, masks or offset noise,
 which would make it depend on training options rather than the model.
 
-Cost: one forward pass per example and no backward pass, so at the default of one level per image a
-validation loss costs less than one training step whenever the photos (plus as many class images)
-number at most about three training batches (``make bench BENCH_ARGS="--only eval,demo"`` measures it).
+Cost: one forward pass per example and no backward pass. In the demo (12 photos + 8 class images, one
+level each) the 20 examples cost 0.75 of a training step (``make bench BENCH_ARGS="--only eval,demo"``).
 Prior preservation uses the first class images, as many as there are instance photos (at least 1):
 enough for a drift signal, at a bounded cost. Examples go through the denoiser in fixed batches of
 ``eval.val_loss_batch_size`` (same-shaped latents together), each prompt is encoded once per call, and
@@ -133,7 +132,7 @@ class ValidationLoss:
         ids: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for stream, per_image, images, stream_prompts in streams:
-                levels = stream_levels(len(images), per_image) if images else []
+                levels = stream_levels(len(images), per_image)
                 for (image, size), prompt, image_levels in zip(images, stream_prompts, levels, strict=True):
                     placed = place(image, size, center_crop=True)
                     pixels = to_tensor(placed.pixels)[None].to(device, dtype=dtype)
@@ -154,7 +153,6 @@ class ValidationLoss:
                                 placed.crop_top_left,
                             )
                         )
-        self.has_prior = n_class > 0
         log.info(
             "validation loss: %d instance images x %d + %d class images x %d noise levels (%d forward "
             "examples), seed %d", len(instances), instance_k, n_class, self.k, len(self.examples), seed,
