@@ -148,9 +148,11 @@ def run_task(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) ->
 
 def command_line_error(argv: list[str], entry: str) -> str | None:
     """The one-line problem and fix for Hydra flags that cannot go together, else None."""
-    from hydra._internal.utils import get_args_parser
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses (hydra-core 1.3)
 
     args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help:
+        return None
     modes = [
         flag
         for flag, on in (
@@ -162,8 +164,6 @@ def command_line_error(argv: list[str], entry: str) -> str | None:
         )
         if on
     ]
-    if args.help or args.hydra_help:
-        return None
     if "--cfg" in modes and "--multirun" in modes:
         return (
             "--cfg cannot be combined with -m/--multirun (Hydra prints one job's config, not a sweep's): "
