@@ -38,6 +38,25 @@ def _history(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def _score_matches_direct(common: list[str], run: Path, weights: str, tmp_path: Path) -> None:
+    """score-checkpoints over the run's steps 0, 2, 4; the last step's metrics equal an eval-only run of
+    the saved weights (``weights``: the override naming them)."""
+    from conftest import compose_config
+
+    from dreambooth_sweep.evaluate import evaluate
+
+    out = tmp_path / "scored"
+    scoring = [*common, f"checkpoints.dir={run}", f"checkpoints.out={out}", "checkpoints.settle_s=0"]
+    evaluate(compose_config(scoring, config_name="evaluate"))
+    rows = _history(out / "eval_history.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    direct = evaluate(
+        compose_config([*common, f"paths.output_dir={tmp_path / 'direct'}", weights], config_name="evaluate")
+    )
+    for key in METRICS:
+        assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
+
+
 def _train_and_score(model: str, family_cfg, tmp_path: Path, cache_dir: Path, demo_dir: Path) -> None:
     from conftest import compose_config
 
@@ -105,9 +124,6 @@ def test_score_tiny_transformer_lora_checkpoints(model, family_cfg, tmp_path, ca
 def test_score_full_checkpoints(model, family_cfg, tmp_path, cache_dir, demo_dir) -> None:
     """Full fine-tuning states (accelerate's model.safetensors per step, then model/): into a copy of the
     family's denoiser; the last equals eval-only ``weights.model_dir`` of the saved pipeline."""
-    from conftest import compose_config
-
-    from dreambooth_sweep.evaluate import evaluate
     from dreambooth_sweep.train import train
 
     train_cfg = family_cfg(
@@ -121,31 +137,13 @@ def test_score_full_checkpoints(model, family_cfg, tmp_path, cache_dir, demo_dir
     )
     train(train_cfg)
     run = Path(train_cfg.paths.output_dir)
-    common = _common(model, tmp_path, cache_dir, demo_dir)
-    out = tmp_path / "scored"
-    evaluate(
-        compose_config(
-            [*common, f"checkpoints.dir={run}", f"checkpoints.out={out}", "checkpoints.settle_s=0"],
-            config_name="evaluate",
-        )
+    _score_matches_direct(
+        _common(model, tmp_path, cache_dir, demo_dir), run, f"weights.model_dir={run / 'model'}", tmp_path
     )
-    rows = _history(out / "eval_history.jsonl")
-    assert [r["step"] for r in rows] == [0, 2, 4]
-    direct = evaluate(
-        compose_config(
-            [*common, f"paths.output_dir={tmp_path / 'direct'}", f"weights.model_dir={run / 'model'}"],
-            config_name="evaluate",
-        )
-    )
-    for key in METRICS:
-        assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
 
 
 def test_score_tiny_sdxl_embeddings(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
     """SDXL textual inversion (clip_l/clip_g files per step): into copies of both tokenizers/encoders."""
-    from conftest import compose_config
-
-    from dreambooth_sweep.evaluate import evaluate
     from dreambooth_sweep.methods import EMBEDDINGS_FILE
     from dreambooth_sweep.train import train
 
@@ -156,24 +154,7 @@ def test_score_tiny_sdxl_embeddings(family_cfg, tmp_path, cache_dir, demo_dir) -
     train(train_cfg)
     run = Path(train_cfg.paths.output_dir)
     common = [*_common("tiny_sdxl", tmp_path, cache_dir, demo_dir), ident]
-    out = tmp_path / "scored"
-    evaluate(
-        compose_config(
-            [*common, f"checkpoints.dir={run}", f"checkpoints.out={out}", "checkpoints.settle_s=0"],
-            config_name="evaluate",
-        )
-    )
-    rows = _history(out / "eval_history.jsonl")
-    assert [r["step"] for r in rows] == [0, 2, 4]
-    direct = evaluate(
-        compose_config(
-            [*common, f"paths.output_dir={tmp_path / 'direct'}",
-             f"weights.embedding={run / 'model' / EMBEDDINGS_FILE}"],
-            config_name="evaluate",
-        )
-    )  # fmt: skip
-    for key in METRICS:
-        assert rows[-1][key] == pytest.approx(direct[key], abs=1e-5), key
+    _score_matches_direct(common, run, f"weights.embedding={run / 'model' / EMBEDDINGS_FILE}", tmp_path)
 
 
 def test_embeddings_are_refused_on_flow_families(family_cfg, tmp_path, cache_dir, demo_dir) -> None:
